@@ -1,0 +1,313 @@
+#!/usr/bin/env -S deno run --allow-net
+/**
+ * TCPClient: the textbook's uppercase client over TCP, in Deno.
+ *
+ * Sends a sentence to the server and prints the UPPERCASE reply.
+ *
+ * ```sh
+ * deno run --allow-net tcp_client.ts hello world      # one sentence
+ * deno run --allow-net tcp_client.ts                  # asks, until Ctrl-D
+ * printf 'one\ntwo\n' | deno run --allow-net tcp_client.ts --port 12000
+ * ```
+ *
+ * The first part of this file is the textbook's TCPClient.py, line for line;
+ * the second part is what "good code" adds: a half-close and a read to the
+ * end of the stream (so a long reply is whole), timeouts, both loopback
+ * addresses for `localhost`, and one clear line for every error.
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { createInterface } from "node:readline";
+import process from "node:process";
+
+/** The textbook's port. */
+export const DEFAULT_PORT = 12000;
+
+// ===========================================================================
+// Part 1: the textbook flow
+//
+//   TCPClient.py                                 this file
+//   clientSocket = socket(AF_INET, SOCK_STREAM)  Deno.connect({ hostname, port })
+//   clientSocket.connect((serverName, port))       (socket and connect in one)
+//   sentence = input('Input lowercase sentence:') prompt(...) in main()
+//   clientSocket.send(sentence.encode())         writeAll(clientSocket, ...)
+//   modifiedSentence = clientSocket.recv(1024)   readAll(clientSocket)
+//   print('From Server:', modifiedSentence...)   console.log("From Server:", ...)
+//   clientSocket.close()                         clientSocket.close()
+// ===========================================================================
+
+/** Options for {@linkcode exchangeTcp}. */
+export interface TcpExchangeOptions {
+  /** Server name or address; `localhost` tries 127.0.0.1, then ::1. */
+  hostname: string;
+  /** Server port. */
+  port: number;
+  /** The sentence to send. */
+  sentence: string;
+  /** Seconds allowed for connecting and for the whole reply. Default 10. */
+  timeout?: number;
+}
+
+/**
+ * Sends one sentence over a new TCP connection and resolves to the reply.
+ *
+ * @example
+ * ```ts
+ * const reply = await exchangeTcp({ hostname: "localhost", port: 12000, sentence: "hi" });
+ * console.log("From Server:", reply); // From Server: HI
+ * ```
+ */
+export async function exchangeTcp(options: TcpExchangeOptions): Promise<string> {
+  const { hostname, port, sentence, timeout = 10 } = options;
+  // One deadline for the whole exchange; when it passes, the socket is closed,
+  // and whatever we are waiting for (connect or read) fails at once.
+  const deadline = new AbortController();
+  const timer = setTimeout(() => deadline.abort(), timeout * 1000);
+  let clientSocket: Deno.TcpConn | undefined;
+  const closeOnTimeout = () => clientSocket?.close();
+  deadline.signal.addEventListener("abort", closeOnTimeout);
+  try {
+    clientSocket = await connect(hostname, port, deadline.signal);
+    await writeAll(clientSocket, new TextEncoder().encode(sentence));
+    // Half-close: "I have sent everything". The server reads until this end of
+    // stream, so it never has to guess where our sentence ends.
+    await clientSocket.closeWrite();
+    const modifiedSentence = await readAll(clientSocket);
+    return modifiedSentence;
+  } catch (error) {
+    if (deadline.signal.aborted) throw new TimeoutError(hostname, port, timeout);
+    throw error;
+  } finally {
+    clearTimeout(timer);
+    deadline.signal.removeEventListener("abort", closeOnTimeout);
+    if (!deadline.signal.aborted) clientSocket?.close();
+  }
+}
+
+/**
+ * Connects to the server. `localhost` can mean 127.0.0.1, ::1 or both,
+ * depending on /etc/hosts; try both loopback addresses so it always works.
+ */
+async function connect(hostname: string, port: number, signal: AbortSignal) {
+  const candidates = hostname === "localhost" ? ["127.0.0.1", "::1"] : [hostname];
+  for (const [i, candidate] of candidates.entries()) {
+    try {
+      return await Deno.connect({ hostname: candidate, port, signal });
+    } catch (error) {
+      const last = i === candidates.length - 1;
+      if (last || !(error instanceof Deno.errors.ConnectionRefused)) throw error;
+    }
+  }
+  throw new Error("unreachable");
+}
+
+/** Sends every byte: write() may send only part of a buffer, like send(). */
+async function writeAll(conn: Deno.Conn, data: Uint8Array) {
+  let written = 0;
+  while (written < data.length) {
+    written += await conn.write(data.subarray(written));
+  }
+}
+
+/**
+ * Reads until the server closes its side. The textbook's single recv(1024)
+ * gets only what has arrived so far: a long reply comes in many pieces.
+ */
+async function readAll(conn: Deno.Conn): Promise<string> {
+  // stream: true keeps a UTF-8 character split across two reads intact.
+  const decoder = new TextDecoder("utf-8", { ignoreBOM: true });
+  const buffer = new Uint8Array(16 * 1024);
+  let text = "";
+  for (;;) {
+    const n = await conn.read(buffer);
+    if (n === null) return text + decoder.decode();
+    text += decoder.decode(buffer.subarray(0, n), { stream: true });
+  }
+}
+
+// ===========================================================================
+// Part 2: errors, the command line and input
+// ===========================================================================
+
+/** The server did not answer in time. */
+export class TimeoutError extends Error {
+  constructor(hostname: string, port: number, seconds: number) {
+    super(`Timed out after ${seconds} s waiting for ${hostname}:${port} (see --timeout)`);
+    this.name = "TimeoutError";
+  }
+}
+
+/** A mistake on the command line: exit code 2. */
+export class UsageError extends Error {}
+
+/** Parsed command-line options of the client. */
+export interface ClientArgs {
+  help: boolean;
+  hostname: string;
+  port: number;
+  timeout: number;
+  /** The sentence from the positional arguments, or undefined to read input. */
+  sentence: string | undefined;
+}
+
+const USAGE = `Usage: deno run --allow-net tcp_client.ts [options] [sentence...]
+
+The textbook's TCP client: sends a sentence, prints "From Server: SENTENCE".
+With no sentence it reads lines: it asks "Input lowercase sentence:" on a
+terminal, and sends every line of piped input, one connection per line.
+
+Options:
+  --host HOST          server name or address (default: localhost)
+  --port PORT          server port (default: ${DEFAULT_PORT})
+  --timeout SECONDS    limit for connecting and for each reply (default: 10)
+  --help               show this help
+
+Exit codes: 0 success, 1 network failure, 2 usage error.
+
+Examples:
+  deno run --allow-net tcp_client.ts hello world
+  deno run --allow-net tcp_client.ts --host 192.168.1.20 --port 12000 hi
+  printf 'one\\ntwo\\n' | deno run --allow-net tcp_client.ts`;
+
+/**
+ * Parses the command line; throws a {@linkcode UsageError} on bad input.
+ *
+ * @example
+ * ```ts
+ * parseClientArgs(["--port", "5000", "hi", "there"]).sentence; // "hi there"
+ * ```
+ */
+export function parseClientArgs(args: string[]): ClientArgs {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args,
+      strict: true,
+      allowPositionals: true,
+      options: {
+        host: { type: "string", default: "localhost" },
+        port: { type: "string", default: String(DEFAULT_PORT) },
+        timeout: { type: "string", default: "10" },
+        help: { type: "boolean", short: "h", default: false },
+      },
+    });
+  } catch (error) {
+    throw new UsageError(shortParseError(error));
+  }
+  const { values, positionals } = parsed;
+  if (values.host === "") throw new UsageError("--host must not be empty");
+  if (!/^\d+$/.test(values.port) || Number(values.port) < 1 || Number(values.port) > 65535) {
+    throw new UsageError(`--port must be a whole number from 1 to 65535, not "${values.port}"`);
+  }
+  const timeout = Number(values.timeout);
+  if (!/^\d+(\.\d+)?$/.test(values.timeout) || timeout <= 0 || timeout > 86400) {
+    throw new UsageError(`--timeout must be a number of seconds above 0, not "${values.timeout}"`);
+  }
+  return {
+    help: values.help,
+    hostname: values.host,
+    port: Number(values.port),
+    timeout,
+    sentence: positionals.length > 0 ? positionals.join(" ") : undefined,
+  };
+}
+
+/** parseArgs' messages, shortened to one plain sentence. */
+function shortParseError(error: unknown): string {
+  const message = error instanceof Error ? error.message : String(error);
+  const option = /'(-[^']*)'/.exec(message)?.[1];
+  const code = (error as { code?: string }).code;
+  if (code === "ERR_PARSE_ARGS_UNKNOWN_OPTION") return `Unknown option "${option}"`;
+  if (code === "ERR_PARSE_ARGS_INVALID_OPTION_VALUE") {
+    return `Option "${option?.split(" ")[0]}" needs a value`;
+  }
+  return message;
+}
+
+/** One line that says what went wrong and what to do about it. */
+function describe(error: unknown, { hostname, port }: { hostname: string; port: number }) {
+  const where = `${hostname.includes(":") ? `[${hostname}]` : hostname}:${port}`;
+  if (error instanceof Deno.errors.NotCapable) {
+    return "Network access is not allowed: run again with the --allow-net flag " +
+      "(deno run --allow-net tcp_client.ts)";
+  }
+  if (error instanceof Deno.errors.ConnectionRefused) {
+    return `Connection refused by ${where}: is the server running on ${where}?`;
+  }
+  if (error instanceof Deno.errors.ConnectionReset) {
+    return `Connection reset by ${where}: the server closed the connection abruptly`;
+  }
+  if (error instanceof TimeoutError) return error.message;
+  const message = error instanceof Error ? error.message : String(error);
+  if (/failed to lookup address|Name or service not known/i.test(message)) {
+    return `Unknown host "${hostname}": check the name, or use an IP address`;
+  }
+  return `Cannot talk to ${where}: ${message.split("\n")[0]}`;
+}
+
+/**
+ * Yields the sentences to send: the command-line sentence, or lines from a
+ * terminal (with the textbook prompt) or from piped input.
+ */
+async function* sentences(fromArgs: string | undefined): AsyncGenerator<string> {
+  if (fromArgs !== undefined) {
+    yield fromArgs;
+  } else if (Deno.stdin.isTerminal()) {
+    // The textbook's input(); keep asking until end of input (Ctrl-D).
+    for (;;) {
+      const sentence = prompt("Input lowercase sentence:");
+      if (sentence === null) return;
+      yield sentence;
+    }
+  } else {
+    // prompt() returns null at once on piped input: read the lines instead.
+    const lines = createInterface({ input: process.stdin, crlfDelay: Infinity });
+    try {
+      for await (const line of lines) yield line;
+    } finally {
+      lines.close();
+    }
+  }
+}
+
+/**
+ * Runs the client from the command line and resolves to the exit code.
+ *
+ * @example
+ * ```ts
+ * const code = await main(["--port", "12000", "hello"]); // prints From Server: HELLO
+ * ```
+ */
+export async function main(args: string[]): Promise<number> {
+  let options: ClientArgs;
+  try {
+    options = parseClientArgs(args);
+  } catch (error) {
+    printError(`${(error as Error).message} (see --help)`);
+    return 2;
+  }
+  if (options.help) {
+    console.log(USAGE);
+    return 0;
+  }
+  for await (const sentence of sentences(options.sentence)) {
+    try {
+      const modifiedSentence = await exchangeTcp({ ...options, sentence });
+      console.log("From Server:", modifiedSentence);
+    } catch (error) {
+      printError(describe(error, options));
+      return error instanceof Deno.errors.NotCapable ? 2 : 1;
+    }
+  }
+  return 0;
+}
+
+function printError(message: string) {
+  // %c styles the word in a terminal; Deno drops the style when piped.
+  console.error(`%cerror%c: ${message}`, "color: red; font-weight: bold", "");
+}
+
+if (import.meta.main) {
+  Deno.exit(await main(Deno.args));
+}

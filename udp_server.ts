@@ -1,0 +1,426 @@
+#!/usr/bin/env -S deno run --allow-net --unstable-net
+/**
+ * UDPServer: the textbook's uppercase server over UDP, in Deno.
+ *
+ * Every datagram that arrives is sent back to its sender in UPPERCASE.
+ *
+ * ```sh
+ * deno run --allow-net udp_server.ts                 # in this folder (deno.json)
+ * deno run --allow-net --unstable-net udp_server.ts  # a copy on its own
+ * ```
+ *
+ * UDP in Deno is still marked unstable: `Deno.listenDatagram` exists only with
+ * `--unstable-net`, or with `"unstable": ["net"]` in deno.json.
+ *
+ * The first part of this file is the textbook's UDPServer.py, line for line;
+ * the second part is what "good code" adds: whole datagrams of any size,
+ * correct UTF-8, replies too big for a datagram dropped with a log line, both
+ * loopback addresses, clear errors and a graceful shutdown.
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+
+/** The textbook's port. */
+export const DEFAULT_PORT = 12000;
+
+/** The largest UDP payload: 65535 minus the IP and UDP headers. */
+const MAX_PAYLOAD = { ipv4: 65507, ipv6: 65527 };
+
+// ===========================================================================
+// Part 1: the textbook flow
+//
+//   UDPServer.py                                 this file
+//   serverSocket = socket(AF_INET, SOCK_DGRAM)   Deno.listenDatagram({ ... })
+//   serverSocket.bind(('', serverPort))            (socket and bind in one)
+//   print('The server is ready to receive')      console.log(...) in main()
+//   while True:                                  for (;;) in serveDatagrams()
+//     message, clientAddress = recvfrom(2048)    await serverSocket.receive(buffer)
+//     modifiedMessage = message.decode().upper() decode(message).toUpperCase()
+//     serverSocket.sendto(..., clientAddress)    await serverSocket.send(..., clientAddress)
+// ===========================================================================
+
+/** Answers datagrams on one socket until the socket is closed. */
+async function serveDatagrams(serverSocket: Deno.DatagramConn, server: ServerState) {
+  // recvfrom(2048) silently cuts longer datagrams. This buffer holds the
+  // largest possible UDP payload (65527 bytes over IPv6), so none is cut.
+  const buffer = new Uint8Array(65536);
+  const encoder = new TextEncoder();
+  // Each datagram is a whole message: decode it on its own. Invalid bytes
+  // become U+FFFD; ignoreBOM keeps a leading BOM, as Python's decode() does.
+  const decoder = new TextDecoder("utf-8", { ignoreBOM: true });
+  for (;;) {
+    let message: Uint8Array, clientAddress: Deno.Addr;
+    try {
+      [message, clientAddress] = await serverSocket.receive(buffer);
+    } catch (error) {
+      if (server.stopping) return; // we closed the socket ourselves
+      // One bad datagram or an ICMP error report must not stop the server.
+      server.log(`Could not receive a datagram: ${describe(error)}`);
+      await new Promise((resolve) => setTimeout(resolve, 10)); // never spin
+      continue;
+    }
+    server.busy.add(serverSocket); // a shutdown now waits for this reply
+    const modifiedMessage = decoder.decode(message).toUpperCase();
+    const reply = encoder.encode(modifiedMessage);
+    await sendReply(serverSocket, reply, clientAddress as Deno.NetAddr, {
+      server,
+      bytesIn: message.length,
+    });
+    server.busy.delete(serverSocket);
+    if (server.stopping) return; // the exchange in flight is done: stop
+  }
+}
+
+// ===========================================================================
+// Part 2: what good code adds
+// ===========================================================================
+
+/**
+ * Sends one reply. Uppercasing can make a message longer (ß becomes SS, ΐ
+ * grows from 2 to 6 bytes), so a reply may not fit in one datagram even when
+ * the request did: that reply is dropped with a log line, never a crash.
+ */
+async function sendReply(
+  serverSocket: Deno.DatagramConn,
+  reply: Uint8Array,
+  clientAddress: Deno.NetAddr,
+  { server, bytesIn }: { server: ServerState; bytesIn: number },
+) {
+  const peer = formatAddr(clientAddress);
+  const limit = clientAddress.hostname.includes(":") ? MAX_PAYLOAD.ipv6 : MAX_PAYLOAD.ipv4;
+  if (reply.length > limit) {
+    server.log(
+      `Dropped the reply to ${peer}: ${bytesIn} bytes in, ${reply.length} bytes out ` +
+        `do not fit in one datagram (at most ${limit})`,
+    );
+    return;
+  }
+  try {
+    await serverSocket.send(reply, clientAddress);
+    server.log(`Served ${peer}: ${bytesIn} bytes in, ${reply.length} bytes out`);
+  } catch (error) {
+    server.log(`Could not reply to ${peer}: ${describe(error)}`);
+  }
+}
+
+/** Options for {@linkcode startUdpServer}. */
+export interface UdpServerOptions {
+  /**
+   * Address to bind. `localhost` (the default) binds both loopback addresses,
+   * 127.0.0.1 and ::1, on one port, so a client reaches it whichever of the
+   * two its `localhost` means. `0.0.0.0` or `::` serves other hosts too.
+   */
+  hostname?: string;
+  /** Port to bind; 0 lets the system choose. Default 12000. */
+  port?: number;
+  /** Aborting it shuts the server down once the reply in flight is sent. */
+  signal?: AbortSignal;
+  /** Where log lines go; default `console.log`. Pass `() => {}` for quiet. */
+  log?: (line: string) => void;
+}
+
+/** A running server, as returned by {@linkcode startUdpServer}. */
+export interface UdpServer {
+  /** The bound addresses, with the real port. */
+  addrs: Deno.NetAddr[];
+  /** Resolves once the server has shut down and its sockets are closed. */
+  finished: Promise<void>;
+}
+
+/** What the receive loops share. */
+interface ServerState {
+  stopping: boolean;
+  /** Sockets sending a reply right now. */
+  busy: Set<Deno.DatagramConn>;
+  log: (line: string) => void;
+}
+
+/**
+ * Starts the uppercase server and resolves once it is bound.
+ *
+ * @example
+ * ```ts
+ * const controller = new AbortController();
+ * const server = await startUdpServer({ port: 0, signal: controller.signal });
+ * console.log(`The server is ready to receive on ${formatAddrs(server.addrs)}`);
+ * controller.abort();
+ * await server.finished;
+ * ```
+ */
+export async function startUdpServer(options: UdpServerOptions = {}): Promise<UdpServer> {
+  const { hostname = "localhost", port = DEFAULT_PORT, signal, log = console.log } = options;
+  requireUnstableNet();
+  const sockets = listenAll(hostname, port);
+  const server: ServerState = { stopping: false, busy: new Set(), log };
+  const loops = sockets.map(async (socket) => {
+    try {
+      await serveDatagrams(socket, server);
+    } finally {
+      closeQuietly(socket);
+    }
+  });
+  const stop = () => {
+    server.stopping = true;
+    // A socket waiting in receive() has nothing in flight: close it now. A
+    // socket sending a reply closes itself once the reply is out.
+    for (const socket of sockets) if (!server.busy.has(socket)) closeQuietly(socket);
+  };
+  if (signal?.aborted) stop();
+  else signal?.addEventListener("abort", stop, { once: true });
+  const finished = Promise.all(loops).then(() => {});
+  await Promise.resolve(); // keep errors above as rejections of this promise
+  return { addrs: sockets.map((s) => s.addr as Deno.NetAddr), finished };
+}
+
+/**
+ * Binds one socket, or two for `localhost`: 127.0.0.1 and ::1 on the same
+ * port (with port 0, the port the system picked for the first).
+ */
+function listenAll(hostname: string, port: number): Deno.DatagramConn[] {
+  const listen = (hostname: string, port: number) =>
+    Deno.listenDatagram({ transport: "udp", hostname, port });
+  if (hostname !== "localhost") return [listen(hostname, port)];
+  for (let attempt = 1;; attempt++) {
+    const v4 = listen("127.0.0.1", port);
+    const chosen = (v4.addr as Deno.NetAddr).port;
+    try {
+      return [v4, listen("::1", chosen)];
+    } catch (error) {
+      if (error instanceof Deno.errors.AddrNotAvailable) return [v4]; // no IPv6 here
+      v4.close();
+      // With port 0 the port can be free on 127.0.0.1 but taken on ::1: retry.
+      const retry = port === 0 && error instanceof Deno.errors.AddrInUse;
+      if (!retry || attempt === 10) throw error;
+    }
+  }
+}
+
+/** Thrown when Deno runs without the flag that enables UDP. */
+export class UnstableNetError extends Error {
+  constructor() {
+    super(
+      "UDP needs the --unstable-net flag: run deno run --allow-net --unstable-net " +
+        "udp_server.ts, or run it from the project folder, whose deno.json enables it",
+    );
+    this.name = "UnstableNetError";
+  }
+}
+
+function requireUnstableNet() {
+  // Without the flag, Deno.listenDatagram is simply not there.
+  if (typeof Deno.listenDatagram !== "function") throw new UnstableNetError();
+}
+
+function closeQuietly(socket: Deno.DatagramConn) {
+  try {
+    socket.close();
+  } catch {
+    // Already closed: nothing to do.
+  }
+}
+
+/**
+ * Formats an address as HOST:PORT, with brackets around IPv6 hosts.
+ *
+ * @example
+ * ```ts
+ * formatAddr({ transport: "udp", hostname: "::1", port: 12000 }); // "[::1]:12000"
+ * ```
+ */
+export function formatAddr(addr: Deno.NetAddr): string {
+  const host = addr.hostname.includes(":") ? `[${addr.hostname}]` : addr.hostname;
+  return `${host}:${addr.port}`;
+}
+
+/**
+ * Formats the bound addresses for the ready line.
+ *
+ * @example
+ * ```ts
+ * formatAddrs([{ transport: "udp", hostname: "127.0.0.1", port: 80 }]); // "127.0.0.1:80"
+ * ```
+ */
+export function formatAddrs(addrs: Deno.NetAddr[]): string {
+  return addrs.map(formatAddr).join(" and ");
+}
+
+// ===========================================================================
+// Command line
+// ===========================================================================
+
+const USAGE = `Usage: deno run --allow-net --unstable-net udp_server.ts [options]
+
+The textbook's UDP uppercase server: every datagram comes back in UPPERCASE.
+(In this folder deno.json enables --unstable-net for you.)
+
+Options:
+  --host HOST    address to bind (default: localhost = 127.0.0.1 and ::1;
+                 0.0.0.0 or :: serves other hosts)
+  --port PORT    port to bind, 0 for any free port (default: ${DEFAULT_PORT})
+  --quiet        no log line per datagram
+  --help         show this help
+
+Examples:
+  deno run --allow-net udp_server.ts
+  deno run --allow-net udp_server.ts --port 0 --quiet
+  deno run --allow-net udp_server.ts --host 0.0.0.0   # the textbook's two-host exercise`;
+
+/** Parsed command-line options of the server. */
+export interface ServerArgs {
+  help: boolean;
+  hostname: string;
+  port: number;
+  quiet: boolean;
+}
+
+/** A mistake on the command line: exit code 2. */
+export class UsageError extends Error {}
+
+/**
+ * Parses the command line; throws a {@linkcode UsageError} on bad input.
+ *
+ * @example
+ * ```ts
+ * parseServerArgs(["--port", "0"]).port; // 0
+ * ```
+ */
+export function parseServerArgs(args: string[]): ServerArgs {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args,
+      strict: true,
+      allowPositionals: true,
+      options: {
+        host: { type: "string", default: "localhost" },
+        port: { type: "string", default: String(DEFAULT_PORT) },
+        quiet: { type: "boolean", default: false },
+        help: { type: "boolean", short: "h", default: false },
+      },
+    });
+  } catch (error) {
+    throw new UsageError(shortParseError(error));
+  }
+  const { values, positionals } = parsed;
+  if (positionals.length > 0) throw new UsageError(`Unexpected argument "${positionals[0]}"`);
+  if (values.host === "") throw new UsageError("--host must not be empty");
+  if (!/^\d+$/.test(values.port) || Number(values.port) > 65535) {
+    throw new UsageError(`--port must be a whole number from 0 to 65535, not "${values.port}"`);
+  }
+  return {
+    help: values.help,
+    hostname: values.host,
+    port: Number(values.port),
+    quiet: values.quiet,
+  };
+}
+
+/** parseArgs' messages, shortened to one plain sentence. */
+function shortParseError(error: unknown): string {
+  const message = error instanceof Error ? error.message : String(error);
+  const option = /'(-[^']*)'/.exec(message)?.[1];
+  const code = (error as { code?: string }).code;
+  if (code === "ERR_PARSE_ARGS_UNKNOWN_OPTION") return `Unknown option "${option}"`;
+  if (code === "ERR_PARSE_ARGS_INVALID_OPTION_VALUE") {
+    return `Option "${option?.split(" ")[0]}" needs a value`;
+  }
+  return message;
+}
+
+/** One line that tells the user what went wrong and what to do. */
+function describe(error: unknown, context?: { hostname: string; port: number }): string {
+  const where = context ? `${context.hostname}:${context.port}` : "";
+  if (error instanceof UnstableNetError) return error.message;
+  if (error instanceof Deno.errors.NotCapable) {
+    return "Network access is not allowed: run again with the --allow-net flag " +
+      "(deno run --allow-net --unstable-net udp_server.ts)";
+  }
+  if (error instanceof Deno.errors.AddrInUse) {
+    return `Address ${where} is already in use: stop the other server or choose another --port`;
+  }
+  if (error instanceof Deno.errors.AddrNotAvailable) {
+    return `Cannot bind ${where}: ${context?.hostname} is not an address of this machine`;
+  }
+  if (error instanceof Deno.errors.PermissionDenied) {
+    return `Permission denied binding ${where}: ports below 1024 need root; choose --port 1024 or above`;
+  }
+  const message = error instanceof Error ? error.message : String(error);
+  if (/failed to lookup address|Name or service not known/i.test(message)) {
+    return `Unknown host "${context?.hostname}": check the --host name`;
+  }
+  return message.split("\n")[0];
+}
+
+/**
+ * Runs the server from the command line and resolves to the exit code.
+ *
+ * @example
+ * ```ts
+ * const code = await main(["--help"]); // prints usage, returns 0
+ * ```
+ */
+export async function main(args: string[]): Promise<number> {
+  let options: ServerArgs;
+  try {
+    options = parseServerArgs(args);
+  } catch (error) {
+    printError(`${(error as Error).message} (see --help)`);
+    return 2;
+  }
+  if (options.help) {
+    console.log(USAGE);
+    return 0;
+  }
+
+  const controller = new AbortController();
+  let signals = 0;
+  const onSignal = () => {
+    if (++signals > 1) Deno.exit(130); // second signal: quit at once
+    console.log("Shutting down: sending the reply in flight (press Ctrl-C again to quit now)");
+    controller.abort();
+  };
+  for (const name of ["SIGINT", "SIGTERM"] as const) {
+    try {
+      Deno.addSignalListener(name, onSignal);
+    } catch {
+      // Windows has no SIGTERM; Ctrl-C still works there.
+    }
+  }
+
+  let server: UdpServer;
+  try {
+    server = await startUdpServer({
+      hostname: options.hostname,
+      port: options.port,
+      signal: controller.signal,
+      log: options.quiet ? () => {} : console.log,
+    });
+  } catch (error) {
+    printError(describe(error, options));
+    const invocation = error instanceof Deno.errors.NotCapable || error instanceof UnstableNetError;
+    return invocation ? 2 : 1;
+  }
+  console.log(`The server is ready to receive on ${formatAddrs(server.addrs)}`);
+  console.log(
+    isLoopback(options.hostname)
+      ? "Only this machine can reach it (loopback); use --host 0.0.0.0 or --host :: to serve other hosts."
+      : `Serving other hosts too (--host ${options.hostname}): anyone who can reach this machine can send to it.`,
+  );
+  await server.finished;
+  console.log("The server has shut down.");
+  return 0;
+}
+
+function isLoopback(hostname: string): boolean {
+  return hostname === "localhost" || hostname === "::1" || hostname.startsWith("127.");
+}
+
+function printError(message: string) {
+  // %c styles the word in a terminal; Deno drops the style when piped.
+  console.error(`%cerror%c: ${message}`, "color: red; font-weight: bold", "");
+}
+
+if (import.meta.main) {
+  Deno.exit(await main(Deno.args));
+}
