@@ -32,7 +32,7 @@ export const DEFAULT_PORT = 12000;
 //   clientSocket.connect((serverName, port))       (socket and connect in one)
 //   sentence = input('Input lowercase sentence:') prompt(...) in main()
 //   clientSocket.send(sentence.encode())         writeAll(clientSocket, ...)
-//   modifiedSentence = clientSocket.recv(1024)   readAll(clientSocket)
+//   modifiedSentence = clientSocket.recv(1024)   await reply (readAll)
 //   print('From Server:', modifiedSentence...)   console.log("From Server:", ...)
 //   clientSocket.close()                         clientSocket.close()
 // ===========================================================================
@@ -69,11 +69,16 @@ export async function exchangeTcp(options: TcpExchangeOptions): Promise<string> 
   deadline.signal.addEventListener("abort", closeOnTimeout);
   try {
     clientSocket = await connect(hostname, port, deadline.signal);
+    // Start reading before writing: the server answers while we are still
+    // sending, and if nobody read its answer, a long sentence would fill both
+    // sides' buffers and each side would wait for the other forever.
+    const reply = readAll(clientSocket);
+    reply.catch(() => {}); // a failed write below reports the error instead
     await writeAll(clientSocket, new TextEncoder().encode(sentence));
     // Half-close: "I have sent everything". The server reads until this end of
     // stream, so it never has to guess where our sentence ends.
     await clientSocket.closeWrite();
-    const modifiedSentence = await readAll(clientSocket);
+    const modifiedSentence = await reply;
     return modifiedSentence;
   } catch (error) {
     if (deadline.signal.aborted) throw new TimeoutError(hostname, port, timeout);
