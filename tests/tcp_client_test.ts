@@ -1,0 +1,270 @@
+/**
+ * tcp_client.ts: tested in-process through exchangeTcp() and as a real
+ * subprocess, against this project's server and against stub servers that
+ * misbehave on purpose.
+ */
+import assert from "node:assert/strict";
+import { exchangeTcp, parseClientArgs, TimeoutError } from "../tcp_client.ts";
+import { startTcpServer } from "../tcp_server.ts";
+import { NET, Program, readToEnd, SUBPROCESS, withDeadline, writeAll } from "./helpers.ts";
+
+/** Runs `body` against an in-process uppercase server on a free port. */
+async function withServer(body: (port: number) => Promise<void>) {
+  const controller = new AbortController();
+  const server = await startTcpServer({ port: 0, log: () => {}, signal: controller.signal });
+  try {
+    await body(server.addrs[0].port);
+  } finally {
+    controller.abort();
+    await withDeadline(server.finished, 5000, "server shutdown");
+  }
+}
+
+/**
+ * A stub server that accepts one connection, reads the request to its end,
+ * and then answers through `answer` (or never, if it returns a never-settling promise).
+ */
+async function withStub(
+  answer: (conn: Deno.Conn, request: Uint8Array) => Promise<void>,
+  body: (port: number) => Promise<void>,
+) {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const served = (async () => {
+    const conn = await listener.accept();
+    try {
+      await answer(conn, await readToEnd(conn));
+    } catch {
+      // The client may close first; the test body decides what is right.
+    } finally {
+      conn.close();
+    }
+  })();
+  try {
+    await body(listener.addr.port);
+  } finally {
+    listener.close();
+    await served;
+  }
+}
+
+Deno.test({
+  name: "tcp client: exchangeTcp returns the server's exact reply",
+  permissions: NET,
+  fn: () =>
+    withServer(async (port) => {
+      const reply = await exchangeTcp({ hostname: "127.0.0.1", port, sentence: "hello ä€😀 ß" });
+      assert.equal(reply, "HELLO Ä€😀 SS");
+    }),
+});
+
+Deno.test({
+  name: "tcp client: the default host localhost reaches a server on ::1 only",
+  permissions: NET,
+  fn: async () => {
+    const controller = new AbortController();
+    const server = await startTcpServer({
+      hostname: "::1",
+      port: 0,
+      log: () => {},
+      signal: controller.signal,
+    });
+    try {
+      const port = server.addrs[0].port;
+      assert.equal(await exchangeTcp({ hostname: "localhost", port, sentence: "v6" }), "V6");
+    } finally {
+      controller.abort();
+      await server.finished;
+    }
+  },
+});
+
+Deno.test({
+  name: "tcp client: a reply split across many reads is read whole, to end of stream",
+  permissions: NET,
+  fn: () =>
+    withStub(async (conn, request) => {
+      // Answer one byte at a time, splitting every multibyte character.
+      const reply = new TextEncoder().encode(new TextDecoder().decode(request).toUpperCase());
+      for (const byte of reply) {
+        await writeAll(conn, new Uint8Array([byte]));
+        await new Promise((r) => setTimeout(r, 1));
+      }
+    }, async (port) => {
+      const reply = await exchangeTcp({ hostname: "127.0.0.1", port, sentence: "ä€😀 split" });
+      assert.equal(reply, "Ä€😀 SPLIT");
+    }),
+});
+
+Deno.test({
+  name: "tcp client: a 16 MB sentence and its reply go through whole (partial writes completed)",
+  permissions: NET,
+  fn: () =>
+    withServer(async (port) => {
+      // One write() of 16 MB is accepted only in part: the client must loop.
+      const sentence = "abc€".repeat(2_800_000);
+      const reply = await exchangeTcp({ hostname: "127.0.0.1", port, sentence });
+      assert.equal(reply, sentence.toUpperCase());
+    }),
+});
+
+Deno.test({
+  name: "tcp client: a refused connection rejects with ConnectionRefused",
+  permissions: NET,
+  fn: async () => {
+    const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const port = listener.addr.port;
+    listener.close(); // now nothing listens there
+    await assert.rejects(
+      exchangeTcp({ hostname: "127.0.0.1", port, sentence: "x" }),
+      Deno.errors.ConnectionRefused,
+    );
+  },
+});
+
+Deno.test({
+  name: "tcp client: a server that never replies times out within --timeout",
+  permissions: NET,
+  fn: () => {
+    let release = () => {};
+    const never = new Promise<void>((resolve) => release = resolve);
+    return withStub(() => never, async (port) => {
+      const started = performance.now();
+      try {
+        await assert.rejects(
+          exchangeTcp({ hostname: "127.0.0.1", port, sentence: "x", timeout: 0.3 }),
+          TimeoutError,
+        );
+      } finally {
+        release();
+      }
+      const elapsed = performance.now() - started;
+      assert.ok(elapsed < 2000, `gave up after ${elapsed} ms, expected about 300 ms`);
+    });
+  },
+});
+
+Deno.test({
+  name: "tcp client: parseClientArgs joins the sentence and checks the port",
+  fn: () => {
+    const args = parseClientArgs(["--port", "5000", "hello", "world"]);
+    assert.deepEqual(args, {
+      help: false,
+      hostname: "localhost",
+      port: 5000,
+      timeout: 10,
+      sentence: "hello world",
+    });
+    assert.equal(parseClientArgs([]).sentence, undefined);
+    assert.throws(() => parseClientArgs(["--port", "0"]), /--port must be/);
+    assert.throws(() => parseClientArgs(["--timeout", "soon"]), /--timeout must be/);
+  },
+});
+
+// --- as a subprocess ------------------------------------------------------
+
+Deno.test({
+  name: "tcp client (subprocess): the sentence from the arguments, From Server: REPLY",
+  permissions: SUBPROCESS,
+  fn: () =>
+    withServer(async (port) => {
+      const client = Program.start("tcp_client.ts", ["--port", String(port), "hello", "wörld"]);
+      const { code, stdout, stderr } = await client.finish();
+      assert.equal(code, 0, stderr);
+      assert.equal(stdout, "From Server: HELLO WÖRLD");
+    }),
+});
+
+Deno.test({
+  name: "tcp client (subprocess): piped stdin sends every line, replies in order",
+  permissions: SUBPROCESS,
+  fn: () =>
+    withServer(async (port) => {
+      const client = Program.start("tcp_client.ts", ["--port", String(port)], {
+        input: "first line\nsecond ß\r\n\nlast without newline",
+      });
+      const { code, stdout, stderr } = await client.finish();
+      assert.equal(code, 0, stderr);
+      assert.deepEqual(stdout.split("\n"), [
+        "From Server: FIRST LINE",
+        "From Server: SECOND SS",
+        "From Server: ",
+        "From Server: LAST WITHOUT NEWLINE",
+      ]);
+    }),
+});
+
+Deno.test({
+  name: "tcp client (subprocess): connection refused says to start the server, exit 1",
+  permissions: SUBPROCESS,
+  fn: async () => {
+    const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const port = listener.addr.port;
+    listener.close();
+    const { code, stderr } = await Program.start("tcp_client.ts", [
+      "--host",
+      "127.0.0.1",
+      "--port",
+      String(port),
+      "x",
+    ]).finish();
+    assert.equal(code, 1);
+    assert.equal(
+      stderr.trim(),
+      `error: Connection refused by 127.0.0.1:${port}: is the server running on 127.0.0.1:${port}?`,
+    );
+  },
+});
+
+Deno.test({
+  name: "tcp client (subprocess): --timeout bounds a server that never replies, exit 1",
+  permissions: SUBPROCESS,
+  fn: async () => {
+    // A listener that accepts (the kernel does it) but never reads or replies.
+    using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const port = String(listener.addr.port);
+    const { code, stderr } = await Program.start("tcp_client.ts", [
+      "--host",
+      "127.0.0.1",
+      "--port",
+      port,
+      "--timeout",
+      "0.5",
+      "x",
+    ]).finish(5000);
+    assert.equal(code, 1);
+    assert.equal(
+      stderr.trim(),
+      `error: Timed out after 0.5 s waiting for 127.0.0.1:${port} (see --timeout)`,
+    );
+  },
+});
+
+for (
+  const [args, pattern] of [
+    [["--port", "70000", "x"], /--port must be a whole number from 1 to 65535, not "70000"/],
+    [["--port", "abc", "x"], /--port must be a whole number from 1 to 65535, not "abc"/],
+    [["--nope", "x"], /Unknown option "--nope"/],
+  ] as const
+) {
+  Deno.test({
+    name: `tcp client (subprocess): ${args.join(" ")} is a usage error, exit 2`,
+    permissions: SUBPROCESS,
+    fn: async () => {
+      const { code, stderr } = await Program.start("tcp_client.ts", [...args]).finish();
+      assert.equal(code, 2);
+      assert.match(stderr, pattern);
+      assert.equal(stderr.trim().split("\n").length, 1);
+    },
+  });
+}
+
+Deno.test({
+  name: "tcp client (subprocess): without --allow-net it says which flag to add, exit 2",
+  permissions: SUBPROCESS,
+  fn: async () => {
+    const { code, stderr } = await Program.start("tcp_client.ts", ["x"], { flags: [] }).finish();
+    assert.equal(code, 2);
+    assert.match(stderr, /^error: Network access is not allowed: run again with the --allow-net/);
+    assert.equal(stderr.trim().split("\n").length, 1);
+  },
+});
