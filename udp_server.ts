@@ -100,7 +100,13 @@ async function sendReply(
     await serverSocket.send(reply, clientAddress);
     server.log(`Served ${peer}: ${bytesIn} bytes in, ${reply.length} bytes out`);
   } catch (error) {
-    server.log(`Could not reply to ${peer}: ${describe(error)}`);
+    // A reply goes to the client's own port: a grant like
+    // --allow-net=127.0.0.1:12000 lets us bind, but not answer.
+    const why = error instanceof Deno.errors.NotCapable
+      ? "no permission to send there (replies go to the client's port: grant the host " +
+        "without a port, as in --allow-net=127.0.0.1,[::1])"
+      : describe(error);
+    server.log(`Could not reply to ${peer}: ${why}`);
   }
 }
 
