@@ -268,3 +268,22 @@ Deno.test({
     assert.equal(stderr.trim().split("\n").length, 1);
   },
 });
+
+Deno.test({
+  name: "tcp client (subprocess): an unknown host is a one-line error, exit 1",
+  permissions: SUBPROCESS,
+  fn: async () => {
+    // .invalid never resolves (RFC 2606); the lookup fails without any traffic to it.
+    const { code, stderr } = await Program.start("tcp_client.ts", [
+      "--host",
+      "no-such-host.invalid",
+      "x",
+    ])
+      .finish(10_000);
+    assert.equal(code, 1);
+    assert.equal(
+      stderr.trim(),
+      'error: Unknown host "no-such-host.invalid": check the name, or use an IP address',
+    );
+  },
+});

@@ -367,3 +367,17 @@ Deno.test({
     assert.equal(stderr.trim().split("\n").length, 1);
   },
 });
+
+Deno.test({
+  name: "tcp server (subprocess): an address not on this machine is a one-line error, exit 1",
+  permissions: SUBPROCESS,
+  fn: async () => {
+    // 192.0.2.1 is a documentation address (TEST-NET-1): binding fails locally, no traffic.
+    const { code, stderr } = await Program.start("tcp_server.ts", ["--host", "192.0.2.1"]).finish();
+    assert.equal(code, 1);
+    assert.equal(
+      stderr.trim(),
+      "error: Cannot bind 192.0.2.1:12000: 192.0.2.1 is not an address of this machine",
+    );
+  },
+});

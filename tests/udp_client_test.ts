@@ -254,3 +254,21 @@ for (
     },
   });
 }
+
+Deno.test({
+  name: "udp client (subprocess): an unknown host is a one-line error, exit 1",
+  permissions: SUBPROCESS,
+  fn: async () => {
+    const { code, stderr } = await Program.start("udp_client.ts", [
+      "--host",
+      "no-such-host.invalid",
+      "x",
+    ])
+      .finish(10_000);
+    assert.equal(code, 1);
+    assert.equal(
+      stderr.trim(),
+      'error: Unknown host "no-such-host.invalid": check the name, or use an IP address',
+    );
+  },
+});

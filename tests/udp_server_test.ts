@@ -198,3 +198,27 @@ for (
     },
   });
 }
+
+Deno.test({
+  name: "udp server (subprocess): a port in use is a one-line error, exit 1",
+  permissions: SUBPROCESS,
+  fn: async () => {
+    const taken = Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port: 0 });
+    try {
+      const port = String((taken.addr as Deno.NetAddr).port);
+      const { code, stderr } = await Program.start("udp_server.ts", [
+        "--host",
+        "127.0.0.1",
+        "--port",
+        port,
+      ]).finish();
+      assert.equal(code, 1);
+      assert.equal(
+        stderr.trim(),
+        `error: Address 127.0.0.1:${port} is already in use: stop the other server or choose another --port`,
+      );
+    } finally {
+      taken.close();
+    }
+  },
+});
