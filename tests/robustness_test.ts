@@ -145,6 +145,25 @@ Deno.test({
 });
 
 Deno.test({
+  name: "robustness: a long line sent one byte per write comes back exact",
+  permissions: NET,
+  fn: async () => {
+    const controller = new AbortController();
+    const server = await startTcpServer({ port: 0, log: () => {}, signal: controller.signal });
+    try {
+      // 3000 bytes, each multibyte character split across writes.
+      const request = utf8("slow ß€😀 sender ".repeat(150)).subarray(0, 3000);
+      const bytes = [...request].map((b) => new Uint8Array([b]));
+      const reply = await tcpExchange({ port: server.addrs[0].port, chunks: bytes, ms: 20_000 });
+      assertBytes(reply, expectedReply(request));
+    } finally {
+      controller.abort();
+      await server.finished;
+    }
+  },
+});
+
+Deno.test({
   name: "robustness: clients that connect and leave, or reset mid-stream, cost only themselves",
   permissions: NET,
   fn: async () => {
