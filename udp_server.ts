@@ -56,7 +56,7 @@ async function serveDatagrams(serverSocket: Deno.DatagramConn, server: ServerSta
     } catch (error) {
       if (server.stopping) return; // we closed the socket ourselves
       // One bad datagram or an ICMP error report must not stop the server.
-      server.log(`Could not receive a datagram: ${describe(error)}`);
+      server.log?.(`Could not receive a datagram: ${describe(error)}`);
       await new Promise((resolve) => setTimeout(resolve, 10)); // never spin
       continue;
     }
@@ -87,18 +87,17 @@ async function sendReply(
   clientAddress: Deno.NetAddr,
   { server, bytesIn }: { server: ServerState; bytesIn: number },
 ) {
-  const peer = formatAddr(clientAddress);
   const limit = clientAddress.hostname.includes(":") ? MAX_PAYLOAD.ipv6 : MAX_PAYLOAD.ipv4;
   if (reply.length > limit) {
-    server.log(
-      `Dropped the reply to ${peer}: ${bytesIn} bytes in, ${reply.length} bytes out ` +
+    server.log?.(
+      `Dropped the reply to ${formatAddr(clientAddress)}: ${bytesIn} bytes in, ${reply.length} bytes out ` +
         `do not fit in one datagram (at most ${limit})`,
     );
     return;
   }
   try {
     await serverSocket.send(reply, clientAddress);
-    server.log(`Served ${peer}: ${bytesIn} bytes in, ${reply.length} bytes out`);
+    server.log?.(`Served ${formatAddr(clientAddress)}: ${bytesIn} bytes in, ${reply.length} bytes out`);
   } catch (error) {
     // A reply goes to the client's own port: a grant like
     // --allow-net=127.0.0.1:12000 lets us bind, but not answer.
@@ -106,7 +105,7 @@ async function sendReply(
       ? "no permission to send there (replies go to the client's port: grant the host " +
         "without a port, as in --allow-net=127.0.0.1,[::1])"
       : describe(error);
-    server.log(`Could not reply to ${peer}: ${why}`);
+    server.log?.(`Could not reply to ${formatAddr(clientAddress)}: ${why}`);
   }
 }
 
@@ -122,8 +121,8 @@ export interface UdpServerOptions {
   port?: number;
   /** Aborting it shuts the server down once the reply in flight is sent. */
   signal?: AbortSignal;
-  /** Where log lines go; default `console.log`. Pass `() => {}` for quiet. */
-  log?: (line: string) => void;
+  /** Where log lines go; default `console.log`; `null` for none (--quiet). */
+  log?: ((line: string) => void) | null;
 }
 
 /** A running server, as returned by {@linkcode startUdpServer}. */
@@ -139,7 +138,7 @@ interface ServerState {
   stopping: boolean;
   /** Sockets sending a reply right now. */
   busy: Set<Deno.DatagramConn>;
-  log: (line: string) => void;
+  log: ((line: string) => void) | null;
 }
 
 /**
@@ -400,7 +399,7 @@ export async function main(args: string[]): Promise<number> {
       hostname: options.hostname,
       port: options.port,
       signal: controller.signal,
-      log: options.quiet ? () => {} : console.log,
+      log: options.quiet ? null : console.log,
     });
   } catch (error) {
     printError(describe(error, options));
