@@ -58,6 +58,65 @@ export async function withDeadline<T>(promise: Promise<T>, ms: number, what: str
   }
 }
 
+/**
+ * Resolves once `condition()` is true, checking every 10 ms; rejects after
+ * `ms` with `what()` in the message (a function, so it says how far it got).
+ *
+ * @example
+ * ```ts
+ * await waitUntil(() => log.length >= 2, 2000, () => `2 log lines, have ${log.length}`);
+ * ```
+ */
+export async function waitUntil(condition: () => boolean, ms: number, what: () => string) {
+  const stopAt = performance.now() + ms;
+  while (!condition()) {
+    if (performance.now() > stopAt) throw new Error(`Deadline: waited ${ms} ms for ${what()}`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
+/** What the servers' start functions take (startTcpServer, startUdpServer). */
+export interface InProcessOptions {
+  hostname?: string;
+  port?: number;
+  signal?: AbortSignal;
+  log?: ((line: string) => void) | null;
+}
+
+/**
+ * Starts a server in-process on a free port, runs `body` with the port and
+ * the server's log lines, then shuts the server down and waits until every
+ * socket is closed, so nothing outlives the test.
+ *
+ * @example
+ * ```ts
+ * await withServer(startTcpServer, { idleTimeout: 1 }, async (port, log) => {
+ *   // talk to 127.0.0.1:port
+ * });
+ * ```
+ */
+export async function withServer<O extends InProcessOptions>(
+  start: (options?: O) => Promise<{ addrs: Deno.NetAddr[]; finished: Promise<void> }>,
+  options: Omit<NoInfer<O>, "signal" | "log">,
+  body: (port: number, log: string[]) => Promise<void>,
+): Promise<void> {
+  const log: string[] = [];
+  const controller = new AbortController();
+  const full: InProcessOptions = {
+    port: 0,
+    ...options,
+    log: (line: string) => log.push(line),
+    signal: controller.signal,
+  };
+  const server = await start(full as O);
+  try {
+    await body(server.addrs[0].port, log);
+  } finally {
+    controller.abort();
+    await withDeadline(server.finished, 5000, "server shutdown");
+  }
+}
+
 /** Options for {@linkcode Program.start}. */
 export interface StartOptions {
   /** Deno flags; default `["--allow-net"]`. */

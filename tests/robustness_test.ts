@@ -23,7 +23,9 @@ import {
   tcpExchange,
   udpExchange,
   utf8,
+  waitUntil,
   withDeadline,
+  withServer,
   writeAll,
 } from "./helpers.ts";
 
@@ -85,11 +87,8 @@ const BAD_INPUTS: [string, Uint8Array][] = [
 Deno.test({
   name: "robustness: bad bytes over TCP, whole and one byte per write: exact replies",
   permissions: NET,
-  fn: async () => {
-    const controller = new AbortController();
-    const server = await startTcpServer({ port: 0, log: () => {}, signal: controller.signal });
-    const port = server.addrs[0].port;
-    try {
+  fn: () =>
+    withServer(startTcpServer, {}, async (port) => {
       for (const [name, input] of BAD_INPUTS) {
         const whole = await tcpExchange({ port, chunks: [input] });
         assertBytes(whole, expectedReply(input), `${name} (whole)`);
@@ -97,31 +96,20 @@ Deno.test({
         const split = await tcpExchange({ port, chunks: bytes, gapMs: 1 });
         assertBytes(split, expectedReply(input), `${name} (byte by byte)`);
       }
-    } finally {
-      controller.abort();
-      await server.finished;
-    }
-  },
+    }),
 });
 
 Deno.test({
   name: "robustness: bad bytes over UDP: exact replies, the server lives on",
   permissions: NET,
-  fn: async () => {
-    const controller = new AbortController();
-    const server = await startUdpServer({ port: 0, log: () => {}, signal: controller.signal });
-    const port = server.addrs[0].port;
-    try {
+  fn: () =>
+    withServer(startUdpServer, {}, async (port) => {
       for (const [name, input] of BAD_INPUTS) {
         const reply = await udpExchange({ port, data: input });
         assert.ok(reply, `no reply to ${name}`);
         assertBytes(reply.data, expectedReply(input), name);
       }
-    } finally {
-      controller.abort();
-      await server.finished;
-    }
-  },
+    }),
 });
 
 // --- replies that grow, odd senders ------------------------------------------
@@ -129,53 +117,33 @@ Deno.test({
 Deno.test({
   name: "robustness: a TCP reply three times the request (ΐ -> Ϊ́) streams back whole",
   permissions: NET,
-  fn: async () => {
-    const controller = new AbortController();
-    const server = await startTcpServer({ port: 0, log: () => {}, signal: controller.signal });
-    try {
+  fn: () =>
+    withServer(startTcpServer, {}, async (port) => {
       const request = utf8("\u0390".repeat(200_000)); // 400 KB in, 1.2 MB out
-      const reply = await tcpExchange({ port: server.addrs[0].port, chunks: [request] });
+      const reply = await tcpExchange({ port, chunks: [request] });
       assert.equal(reply.length, 3 * request.length);
       assertBytes(reply, expectedReply(request));
-    } finally {
-      controller.abort();
-      await server.finished;
-    }
-  },
+    }),
 });
 
 Deno.test({
   name: "robustness: a long line sent one byte per write comes back exact",
   permissions: NET,
-  fn: async () => {
-    const controller = new AbortController();
-    const server = await startTcpServer({ port: 0, log: () => {}, signal: controller.signal });
-    try {
+  fn: () =>
+    withServer(startTcpServer, {}, async (port) => {
       // 3000 bytes, each multibyte character split across writes.
       const request = utf8("slow ß€😀 sender ".repeat(150)).subarray(0, 3000);
       const bytes = [...request].map((b) => new Uint8Array([b]));
-      const reply = await tcpExchange({ port: server.addrs[0].port, chunks: bytes, ms: 20_000 });
+      const reply = await tcpExchange({ port, chunks: bytes, ms: 20_000 });
       assertBytes(reply, expectedReply(request));
-    } finally {
-      controller.abort();
-      await server.finished;
-    }
-  },
+    }),
 });
 
 Deno.test({
   name: "robustness: clients that connect and leave, or reset mid-stream, cost only themselves",
   permissions: NET,
-  fn: async () => {
-    const log: string[] = [];
-    const controller = new AbortController();
-    const server = await startTcpServer({
-      port: 0,
-      log: (line) => log.push(line),
-      signal: controller.signal,
-    });
-    const port = server.addrs[0].port;
-    try {
+  fn: () =>
+    withServer(startTcpServer, {}, async (port, log) => {
       // 50 clients that connect and close at once.
       for (let i = 0; i < 50; i++) (await Deno.connect({ hostname: "127.0.0.1", port })).close();
       // 50 clients that send, never read, and close: closing with unread
@@ -190,45 +158,27 @@ Deno.test({
         const request = utf8(`still served ${i} ä€😀`);
         assertBytes(await tcpExchange({ port, chunks: [request] }), expectedReply(request));
       }));
-      await withDeadline(
-        (async () => {
-          while (log.length < 120) await new Promise((r) => setTimeout(r, 10));
-        })(),
-        5000,
-        `a log line for every connection (have ${log.length})`,
-      );
-    } finally {
-      controller.abort();
-      await server.finished;
-    }
-  },
+      await waitUntil(() => log.length >= 120, 5000, () => `120 log lines, have ${log.length}`);
+    }),
 });
 
 Deno.test({
   name: "robustness: --idle-timeout 0 never closes a silent connection",
   permissions: NET,
-  fn: async () => {
-    const controller = new AbortController();
-    const server = await startTcpServer({
-      port: 0,
-      idleTimeout: 0,
-      log: () => {},
-      signal: controller.signal,
-    });
-    const conn = await Deno.connect({ hostname: "127.0.0.1", port: server.addrs[0].port });
-    try {
-      // Long enough for a 0.2 s idle timeout to have fired several times.
-      await new Promise((r) => setTimeout(r, 600));
-      await writeAll(conn, utf8("awake"));
-      await conn.closeWrite();
-      const reply = await withDeadline(readToEnd(conn), 2000, "the reply");
-      assert.equal(new TextDecoder().decode(reply), "AWAKE");
-    } finally {
-      conn.close();
-      controller.abort();
-      await server.finished;
-    }
-  },
+  fn: () =>
+    withServer(startTcpServer, { idleTimeout: 0 }, async (port) => {
+      const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+      try {
+        // Long enough for a 0.2 s idle timeout to have fired several times.
+        await new Promise((r) => setTimeout(r, 600));
+        await writeAll(conn, utf8("awake"));
+        await conn.closeWrite();
+        const reply = await withDeadline(readToEnd(conn), 2000, "the reply");
+        assert.equal(new TextDecoder().decode(reply), "AWAKE");
+      } finally {
+        conn.close();
+      }
+    }),
 });
 
 Deno.test({

@@ -6,19 +6,7 @@
 import assert from "node:assert/strict";
 import { exchangeTcp, parseClientArgs, TimeoutError } from "../tcp_client.ts";
 import { startTcpServer } from "../tcp_server.ts";
-import { NET, Program, readToEnd, SUBPROCESS, withDeadline, writeAll } from "./helpers.ts";
-
-/** Runs `body` against an in-process uppercase server on a free port. */
-async function withServer(body: (port: number) => Promise<void>) {
-  const controller = new AbortController();
-  const server = await startTcpServer({ port: 0, log: () => {}, signal: controller.signal });
-  try {
-    await body(server.addrs[0].port);
-  } finally {
-    controller.abort();
-    await withDeadline(server.finished, 5000, "server shutdown");
-  }
-}
+import { NET, Program, readToEnd, SUBPROCESS, withServer, writeAll } from "./helpers.ts";
 
 /**
  * A stub server that accepts one connection, reads the request to its end,
@@ -51,7 +39,7 @@ Deno.test({
   name: "tcp client: exchangeTcp returns the server's exact reply",
   permissions: NET,
   fn: () =>
-    withServer(async (port) => {
+    withServer(startTcpServer, {}, async (port) => {
       const reply = await exchangeTcp({ hostname: "127.0.0.1", port, sentence: "hello ä€😀 ß" });
       assert.equal(reply, "HELLO Ä€😀 SS");
     }),
@@ -60,22 +48,10 @@ Deno.test({
 Deno.test({
   name: "tcp client: the default host localhost reaches a server on ::1 only",
   permissions: NET,
-  fn: async () => {
-    const controller = new AbortController();
-    const server = await startTcpServer({
-      hostname: "::1",
-      port: 0,
-      log: () => {},
-      signal: controller.signal,
-    });
-    try {
-      const port = server.addrs[0].port;
+  fn: () =>
+    withServer(startTcpServer, { hostname: "::1" }, async (port) => {
       assert.equal(await exchangeTcp({ hostname: "localhost", port, sentence: "v6" }), "V6");
-    } finally {
-      controller.abort();
-      await server.finished;
-    }
-  },
+    }),
 });
 
 Deno.test({
@@ -99,7 +75,7 @@ Deno.test({
   name: "tcp client: a 16 MB sentence and its reply go through whole (partial writes completed)",
   permissions: NET,
   fn: () =>
-    withServer(async (port) => {
+    withServer(startTcpServer, {}, async (port) => {
       // One write() of 16 MB is accepted only in part: the client must loop.
       const sentence = "abc€".repeat(2_800_000);
       const reply = await exchangeTcp({ hostname: "127.0.0.1", port, sentence });
@@ -166,7 +142,7 @@ Deno.test({
   name: "tcp client (subprocess): the sentence from the arguments, From Server: REPLY",
   permissions: SUBPROCESS,
   fn: () =>
-    withServer(async (port) => {
+    withServer(startTcpServer, {}, async (port) => {
       const client = Program.start("tcp_client.ts", ["--port", String(port), "hello", "wörld"]);
       const { code, stdout, stderr } = await client.finish();
       assert.equal(code, 0, stderr);
@@ -178,7 +154,7 @@ Deno.test({
   name: "tcp client (subprocess): piped stdin sends every line, replies in order",
   permissions: SUBPROCESS,
   fn: () =>
-    withServer(async (port) => {
+    withServer(startTcpServer, {}, async (port) => {
       const client = Program.start("tcp_client.ts", ["--port", String(port)], {
         input: "first line\nsecond ß\r\n\nlast without newline",
       });

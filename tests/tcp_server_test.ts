@@ -3,7 +3,7 @@
  * subprocess. Every reply is compared byte for byte with expectedReply().
  */
 import assert from "node:assert/strict";
-import { startTcpServer, type TcpServerOptions } from "../tcp_server.ts";
+import { startTcpServer } from "../tcp_server.ts";
 import {
   assertBytes,
   expectedReply,
@@ -13,30 +13,11 @@ import {
   SUBPROCESS,
   tcpExchange,
   utf8,
+  waitUntil,
   withDeadline,
+  withServer,
   writeAll,
 } from "./helpers.ts";
-
-/** Runs `body` against an in-process server on a free port, then shuts it down. */
-async function withServer(
-  options: TcpServerOptions,
-  body: (port: number, log: string[]) => Promise<void>,
-) {
-  const log: string[] = [];
-  const controller = new AbortController();
-  const server = await startTcpServer({
-    port: 0,
-    log: (line) => log.push(line),
-    signal: controller.signal,
-    ...options,
-  });
-  try {
-    await body(server.addrs[0].port, log);
-  } finally {
-    controller.abort();
-    await withDeadline(server.finished, 5000, "server shutdown");
-  }
-}
 
 /** Sends `request` (optionally in several chunks) and checks the exact reply. */
 async function checkReply(port: number, chunks: Uint8Array[], gapMs = 0) {
@@ -50,7 +31,7 @@ Deno.test({
   name: "tcp server: ASCII, mixed case and punctuation come back uppercased",
   permissions: NET,
   fn: () =>
-    withServer({}, async (port) => {
+    withServer(startTcpServer, {}, async (port) => {
       const reply = await checkReply(port, [utf8("hello, World! 123")]);
       assert.equal(new TextDecoder().decode(reply), "HELLO, WORLD! 123");
     }),
@@ -60,7 +41,7 @@ Deno.test({
   name: "tcp server: multibyte UTF-8 (ä € 😀 ß -> SS, ΐ grows 2 -> 6 bytes)",
   permissions: NET,
   fn: () =>
-    withServer({}, async (port) => {
+    withServer(startTcpServer, {}, async (port) => {
       const reply = await checkReply(port, [utf8("ä € 😀 ß \u0390")]);
       // ΐ (U+0390, 2 bytes) uppercases to three code points, 6 bytes.
       assert.equal(new TextDecoder().decode(reply), "Ä € 😀 SS \u0399\u0308\u0301");
@@ -71,7 +52,7 @@ Deno.test({
   name: "tcp server: a UTF-8 character split across two writes is not broken",
   permissions: NET,
   fn: () =>
-    withServer({}, async (port) => {
+    withServer(startTcpServer, {}, async (port) => {
       const euro = utf8("€"); // e2 82 ac
       // The gap makes the halves arrive in separate reads on the server.
       const reply = await checkReply(port, [utf8("a"), euro.subarray(0, 1), euro.subarray(1)], 50);
@@ -83,7 +64,7 @@ Deno.test({
   name: "tcp server: invalid bytes become U+FFFD and the server lives on",
   permissions: NET,
   fn: () =>
-    withServer({}, async (port) => {
+    withServer(startTcpServer, {}, async (port) => {
       const reply = await checkReply(port, [new Uint8Array([0x61, 0xff, 0xfe, 0x62, 0xc3])]);
       assert.equal(new TextDecoder().decode(reply), "A\uFFFD\uFFFDB\uFFFD");
       await checkReply(port, [utf8("still here")]);
@@ -94,7 +75,7 @@ Deno.test({
   name: "tcp server: empty input gets an empty reply",
   permissions: NET,
   fn: () =>
-    withServer({}, async (port) => {
+    withServer(startTcpServer, {}, async (port) => {
       const reply = await checkReply(port, []);
       assert.equal(reply.length, 0);
     }),
@@ -104,7 +85,7 @@ Deno.test({
   name: "tcp server: a 100 KB line comes back whole",
   permissions: NET,
   fn: () =>
-    withServer({}, async (port) => {
+    withServer(startTcpServer, {}, async (port) => {
       const line = "the quick brown fox jumps over the lazy dog ä€😀 ".repeat(2000);
       const reply = await checkReply(port, [utf8(line)]);
       assert.ok(reply.length > 100_000);
@@ -115,7 +96,7 @@ Deno.test({
   name: "tcp server: a slow reader gets every byte of a 4 MB reply (flow control, nothing lost)",
   permissions: NET,
   fn: () =>
-    withServer({}, async (port) => {
+    withServer(startTcpServer, {}, async (port) => {
       // Reading slowly fills the socket buffers, so the server's write() calls
       // accept only part of what they are given; a server that ignores that loses data.
       const request = utf8("slow reader ß ".repeat(300_000));
@@ -148,7 +129,7 @@ Deno.test({
   name: "tcp server: a silent client does not delay another (concurrent, not iterative)",
   permissions: NET,
   fn: () =>
-    withServer({}, async (port) => {
+    withServer(startTcpServer, {}, async (port) => {
       const silent = await Deno.connect({ hostname: "127.0.0.1", port });
       try {
         await withDeadline(checkReply(port, [utf8("second client")]), 2000, "the second client");
@@ -162,20 +143,13 @@ Deno.test({
   name: "tcp server: a client that vanishes mid-reply costs only its own connection",
   permissions: NET,
   fn: () =>
-    withServer({}, async (port, log) => {
+    withServer(startTcpServer, {}, async (port, log) => {
       const rude = await Deno.connect({ hostname: "127.0.0.1", port });
       await rude.write(utf8("x".repeat(1_000_000)).subarray(0, 200_000));
       rude.close(); // never reads the reply: the server's writes fail
       await checkReply(port, [utf8("next client")]);
-      await withDeadline(
-        (async () => {
-          while (log.filter((l) => l.startsWith("Served")).length < 2) {
-            await new Promise((r) => setTimeout(r, 10));
-          }
-        })(),
-        3000,
-        "both log lines",
-      );
+      const served = () => log.filter((l) => l.startsWith("Served")).length;
+      await waitUntil(() => served() >= 2, 3000, () => `2 log lines, have ${served()}`);
     }),
 });
 
@@ -183,16 +157,10 @@ Deno.test({
   name: "tcp server: one log line per connection with address and byte counts",
   permissions: NET,
   fn: () =>
-    withServer({}, async (port, log) => {
+    withServer(startTcpServer, {}, async (port, log) => {
       await checkReply(port, [utf8("ß")]);
       // The line is written when the server closes, just before or after our read ends.
-      await withDeadline(
-        (async () => {
-          while (log.length === 0) await new Promise((r) => setTimeout(r, 5));
-        })(),
-        2000,
-        "the log line",
-      );
+      await waitUntil(() => log.length > 0, 2000, () => "the log line");
       assert.match(log[0], /^Served 127\.0\.0\.1:\d+: 2 bytes in, 2 bytes out$/);
       assert.equal(log.length, 1);
     }),
@@ -202,7 +170,7 @@ Deno.test({
   name: "tcp server: --idle-timeout closes a connection that sends nothing",
   permissions: NET,
   fn: () =>
-    withServer({ idleTimeout: 0.2 }, async (port, log) => {
+    withServer(startTcpServer, { idleTimeout: 0.2 }, async (port, log) => {
       const conn = await Deno.connect({ hostname: "127.0.0.1", port });
       try {
         const reply = await withDeadline(readToEnd(conn), 3000, "the idle close");
@@ -218,7 +186,7 @@ Deno.test({
   name: "tcp server: past --max-connections, new clients are accepted and closed at once",
   permissions: NET,
   fn: () =>
-    withServer({ maxConnections: 1 }, async (port, log) => {
+    withServer(startTcpServer, { maxConnections: 1 }, async (port, log) => {
       const first = await Deno.connect({ hostname: "127.0.0.1", port });
       try {
         await first.write(utf8("a")); // make sure the server has accepted it
@@ -240,7 +208,7 @@ Deno.test({
   name: "tcp server: localhost binds both 127.0.0.1 and ::1 on one port",
   permissions: NET,
   fn: () =>
-    withServer({ hostname: "localhost" }, async (port) => {
+    withServer(startTcpServer, { hostname: "localhost" }, async (port) => {
       await checkReply(port, [utf8("v4")]);
       const reply = await tcpExchange({ hostname: "::1", port, chunks: [utf8("v6")] });
       assertBytes(reply, utf8("V6"));

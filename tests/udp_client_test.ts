@@ -6,24 +6,7 @@
 import assert from "node:assert/strict";
 import { exchangeUdp, NoReplyError, parseClientArgs } from "../udp_client.ts";
 import { startUdpServer } from "../udp_server.ts";
-import { NET, Program, SUBPROCESS, utf8, withDeadline } from "./helpers.ts";
-
-/** Runs `body` against an in-process uppercase server on a free port. */
-async function withServer(body: (port: number) => Promise<void>, hostname = "localhost") {
-  const controller = new AbortController();
-  const server = await startUdpServer({
-    hostname,
-    port: 0,
-    log: () => {},
-    signal: controller.signal,
-  });
-  try {
-    await body(server.addrs[0].port);
-  } finally {
-    controller.abort();
-    await withDeadline(server.finished, 5000, "server shutdown");
-  }
-}
+import { NET, Program, SUBPROCESS, utf8, withServer } from "./helpers.ts";
 
 /**
  * A stub UDP "server" that records every datagram and hands each to
@@ -58,7 +41,7 @@ Deno.test({
   name: "udp client: exchangeUdp returns the server's exact reply",
   permissions: NET,
   fn: () =>
-    withServer(async (port) => {
+    withServer(startUdpServer, {}, async (port) => {
       const reply = await exchangeUdp({ hostname: "127.0.0.1", port, message: "hi ä€😀 ß" });
       assert.equal(reply, "HI Ä€😀 SS");
     }),
@@ -69,10 +52,10 @@ Deno.test({
   permissions: NET,
   fn: async () => {
     for (const hostname of ["127.0.0.1", "::1"]) {
-      await withServer(async (port) => {
+      await withServer(startUdpServer, { hostname }, async (port) => {
         const reply = await exchangeUdp({ hostname: "localhost", port, message: hostname });
         assert.equal(reply, hostname.toUpperCase());
-      }, hostname);
+      });
     }
   },
 });
@@ -165,7 +148,7 @@ Deno.test({
   name: "udp client (subprocess): prints the reply alone, as the textbook does",
   permissions: SUBPROCESS,
   fn: () =>
-    withServer(async (port) => {
+    withServer(startUdpServer, {}, async (port) => {
       const client = Program.start("udp_client.ts", ["--port", String(port), "hello", "wörld"]);
       const { code, stdout, stderr } = await client.finish();
       assert.equal(code, 0, stderr);
@@ -177,7 +160,7 @@ Deno.test({
   name: "udp client (subprocess): piped stdin sends every line, replies in order",
   permissions: SUBPROCESS,
   fn: () =>
-    withServer(async (port) => {
+    withServer(startUdpServer, {}, async (port) => {
       const client = Program.start("udp_client.ts", ["--port", String(port)], {
         input: "one\ntwo ß\r\n\nthree",
       });

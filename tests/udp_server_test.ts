@@ -3,7 +3,7 @@
  * subprocess. Every reply is compared byte for byte with expectedReply().
  */
 import assert from "node:assert/strict";
-import { startUdpServer, type UdpServerOptions } from "../udp_server.ts";
+import { startUdpServer } from "../udp_server.ts";
 import {
   assertBytes,
   expectedReply,
@@ -12,29 +12,8 @@ import {
   SUBPROCESS,
   udpExchange,
   utf8,
-  withDeadline,
+  withServer,
 } from "./helpers.ts";
-
-/** Runs `body` against an in-process server on a free port, then shuts it down. */
-async function withServer(
-  options: UdpServerOptions,
-  body: (port: number, log: string[]) => Promise<void>,
-) {
-  const log: string[] = [];
-  const controller = new AbortController();
-  const server = await startUdpServer({
-    port: 0,
-    log: (line) => log.push(line),
-    signal: controller.signal,
-    ...options,
-  });
-  try {
-    await body(server.addrs[0].port, log);
-  } finally {
-    controller.abort();
-    await withDeadline(server.finished, 5000, "server shutdown");
-  }
-}
 
 /** Sends one datagram and checks the exact reply and that it came from the server. */
 async function checkReply(port: number, data: Uint8Array, hostname = "127.0.0.1") {
@@ -49,7 +28,7 @@ Deno.test({
   name: "udp server: ASCII, multibyte and ß -> SS come back uppercased",
   permissions: NET,
   fn: () =>
-    withServer({}, async (port) => {
+    withServer(startUdpServer, {}, async (port) => {
       const reply = await checkReply(port, utf8("hello, ä € 😀 ß!"));
       assert.equal(new TextDecoder().decode(reply), "HELLO, Ä € 😀 SS!");
     }),
@@ -59,7 +38,7 @@ Deno.test({
   name: "udp server: invalid bytes become U+FFFD and the server lives on",
   permissions: NET,
   fn: () =>
-    withServer({}, async (port) => {
+    withServer(startUdpServer, {}, async (port) => {
       const reply = await checkReply(port, new Uint8Array([0xff, 0x61, 0xc3]));
       assert.equal(new TextDecoder().decode(reply), "\uFFFDA\uFFFD");
       await checkReply(port, utf8("still here"));
@@ -70,7 +49,7 @@ Deno.test({
   name: "udp server: an empty datagram gets an empty reply",
   permissions: NET,
   fn: () =>
-    withServer({}, async (port) => {
+    withServer(startUdpServer, {}, async (port) => {
       const reply = await checkReply(port, new Uint8Array(0));
       assert.equal(reply.length, 0);
     }),
@@ -80,7 +59,7 @@ Deno.test({
   name: "udp server: a 65507-byte datagram (largest over IPv4) is received whole",
   permissions: NET,
   fn: () =>
-    withServer({}, async (port) => {
+    withServer(startUdpServer, {}, async (port) => {
       const data = utf8("abcdefghij".repeat(6551).slice(0, 65507));
       assert.equal(data.length, 65507);
       await checkReply(port, data);
@@ -91,7 +70,7 @@ Deno.test({
   name: "udp server: a 65527-byte datagram (largest over IPv6) is received whole",
   permissions: NET,
   fn: () =>
-    withServer({}, async (port) => {
+    withServer(startUdpServer, {}, async (port) => {
       const data = utf8("z".repeat(65527));
       await checkReply(port, data, "::1");
     }),
@@ -101,7 +80,7 @@ Deno.test({
   name: "udp server: a reply too big for one datagram is logged and dropped, then the next served",
   permissions: NET,
   fn: () =>
-    withServer({}, async (port, log) => {
+    withServer(startUdpServer, {}, async (port, log) => {
       // 32000 x ΐ: 64000 bytes in, 192000 bytes out.
       const data = utf8("\u0390".repeat(32000));
       const reply = await udpExchange({ port, data, ms: 300 });
@@ -118,7 +97,7 @@ Deno.test({
   name: "udp server: one log line per exchange with address and byte counts",
   permissions: NET,
   fn: () =>
-    withServer({}, async (port, log) => {
+    withServer(startUdpServer, {}, async (port, log) => {
       await checkReply(port, utf8("ß"));
       assert.equal(log.length, 1);
       assert.match(log[0], /^Served 127\.0\.0\.1:\d+: 2 bytes in, 2 bytes out$/);
@@ -129,7 +108,7 @@ Deno.test({
   name: "udp server: localhost binds both 127.0.0.1 and ::1 on one port",
   permissions: NET,
   fn: () =>
-    withServer({ hostname: "localhost" }, async (port) => {
+    withServer(startUdpServer, { hostname: "localhost" }, async (port) => {
       await checkReply(port, utf8("v4"), "127.0.0.1");
       await checkReply(port, utf8("v6"), "::1");
     }),
