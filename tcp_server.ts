@@ -24,6 +24,8 @@ import { parseArgs } from "node:util";
 /** The textbook's port. */
 export const DEFAULT_PORT = 12000;
 
+const encoder = new TextEncoder();
+
 // ===========================================================================
 // Part 1: the textbook flow
 //
@@ -74,17 +76,16 @@ async function serveClient(connectionSocket: Deno.Conn, server: ServerState) {
   // keeps the first half until the rest arrives. Invalid bytes become U+FFFD.
   // ignoreBOM keeps a leading byte order mark, as Python's decode() does.
   const decoder = new TextDecoder("utf-8", { ignoreBOM: true });
-  const encoder = new TextEncoder();
   try {
+    client.touch(); // start the idle clock
     for (;;) {
-      client.touch();
       const n = await connectionSocket.read(buffer); // sentence = recv(...)
       if (n === null) break; // the client half-closed: it has sent everything
+      client.touch(); // progress: restart the idle clock (every write does too)
       client.bytesIn += n;
       const sentence = decoder.decode(buffer.subarray(0, n), { stream: true });
       if (n === buffer.length && n < 64 * 1024) buffer = new Uint8Array(n * 4);
       const capitalizedSentence = sentence.toUpperCase();
-      client.touch();
       await client.write(encoder.encode(capitalizedSentence));
     }
     // Flush the decoder: a character cut off at the very end becomes U+FFFD.
@@ -175,7 +176,8 @@ export async function startTcpServer(
     await server.drained();
     clearTimeout(graceTimer);
   })();
-  // An await keeps this an async function whose errors arrive as rejections.
+  // Binding above is synchronous; staying async means a bind error reaches
+  // the caller as a rejected promise, like every other failure here.
   await Promise.resolve();
   return { addrs: listeners.map((l) => l.addr as Deno.NetAddr), finished };
 }

@@ -90,14 +90,18 @@ async function sendReply(
   const limit = clientAddress.hostname.includes(":") ? MAX_PAYLOAD.ipv6 : MAX_PAYLOAD.ipv4;
   if (reply.length > limit) {
     server.log?.(
-      `Dropped the reply to ${formatAddr(clientAddress)}: ${bytesIn} bytes in, ${reply.length} bytes out ` +
+      `Dropped the reply to ${
+        formatAddr(clientAddress)
+      }: ${bytesIn} bytes in, ${reply.length} bytes out ` +
         `do not fit in one datagram (at most ${limit})`,
     );
     return;
   }
   try {
     await serverSocket.send(reply, clientAddress);
-    server.log?.(`Served ${formatAddr(clientAddress)}: ${bytesIn} bytes in, ${reply.length} bytes out`);
+    server.log?.(
+      `Served ${formatAddr(clientAddress)}: ${bytesIn} bytes in, ${reply.length} bytes out`,
+    );
   } catch (error) {
     // A reply goes to the client's own port: a grant like
     // --allow-net=127.0.0.1:12000 lets us bind, but not answer.
@@ -174,7 +178,9 @@ export async function startUdpServer(options: UdpServerOptions = {}): Promise<Ud
   if (signal?.aborted) stop();
   else signal?.addEventListener("abort", stop, { once: true });
   const finished = Promise.all(loops).then(() => {});
-  await Promise.resolve(); // keep errors above as rejections of this promise
+  // Binding above is synchronous; staying async means a bind error reaches
+  // the caller as a rejected promise, like every other failure here.
+  await Promise.resolve();
   return { addrs: sockets.map((s) => s.addr as Deno.NetAddr), finished };
 }
 
