@@ -1,0 +1,541 @@
+/**
+ * The grading checks. A server under test is checked with this project's
+ * client logic (connect, send, half-close, read to the end); a client under
+ * test is checked against this project's server, run in-process.
+ *
+ * Each check resolves to a short note when it passes and throws a
+ * {@linkcode CheckFailure} (with an escaped byte-level diff) when it fails.
+ *
+ * @module
+ */
+import { escapeBytes, expectedReply, utf8, withDeadline } from "../helpers.ts";
+import { startTcpServer } from "../../tcp_server.ts";
+import { startUdpServer } from "../../udp_server.ts";
+import type { Role } from "./config.ts";
+import { CheckFailure, outputDiff, replyDiff } from "./compare.ts";
+import { type Address, tcpRequest, udpRequest } from "./net.ts";
+import type { ProgramProcess } from "./process.ts";
+import {
+  startLossyUdpProxy,
+  startSilentTcpServer,
+  startSilentUdpServer,
+  startSplitProxy,
+} from "./proxies.ts";
+
+/** The checks, by id. Which apply depends on the role. */
+export type CheckId =
+  | "basic"
+  | "mixed"
+  | "utf8"
+  | "long1k"
+  | "long2k"
+  | "split"
+  | "concurrent"
+  | "invalid"
+  | "lossy"
+  | "no_reply";
+
+/** Deadline for a server's reply, in ms. */
+const REPLY_MS = 3000;
+/** How long the second client waits while the first stays silent, in ms. */
+const CONCURRENT_MS = 2000;
+
+/**
+ * An ASCII line of exactly `bytes` bytes, all lowercase letters, digits and
+ * spaces, so that the reply differs from the request.
+ *
+ * @example
+ * ```ts
+ * longLine(1500).length; // 1500
+ * ```
+ */
+export function longLine(bytes: number): string {
+  const words = "the quick brown fox jumps over the lazy dog 0123456789 ";
+  return words.repeat(Math.ceil(bytes / words.length)).slice(0, bytes - 3) + "end";
+}
+
+/** The sentence each check sends. */
+export const SENTENCES: Readonly<Record<CheckId, string>> = {
+  basic: "hello world",
+  mixed: "Hello, World! It's 3 o'clock; ready? (yes/no) #42 [ok] {done} ~fin",
+  // Characters whose uppercase Python 3.11 and JavaScript agree on; ß, ΐ and
+  // ﬁ grow when uppercased.
+  utf8: "grüße, ça va? ß ΐ ﬁ é ǆ 😀 €",
+  long1k: longLine(1500),
+  long2k: longLine(3000),
+  // Multibyte characters that have no uppercase: a server that uppercases
+  // only ASCII passes, one that breaks split characters does not.
+  split: "split me: € 😀 中 ✓ ok",
+  concurrent: "second client",
+  invalid: "still serving?",
+  lossy: "lost and found",
+  no_reply: "anyone there?",
+};
+
+/** Invalid UTF-8: 0xff and 0xfe never occur, 0xc3 needs a continuation byte. */
+const INVALID = new Uint8Array([0x68, 0x69, 0x20, 0xff, 0xfe, 0x20, 0xc3, 0x28, 0x21, 0x20, 0xc3]);
+
+/** What a server check is given. */
+export interface ServerContext {
+  transport: "tcp" | "udp";
+  /** Where the server under test answers. */
+  address: Address;
+  /** The server under test, for its output. */
+  server: ProgramProcess;
+  /** Aborted when the server under test exits. */
+  serverExited: AbortSignal;
+  /** For TCP: wait this long before half-closing (see {@linkcode tcpRequest}). */
+  halfCloseDelayMs: number;
+}
+
+/** One run of the client under test. */
+export interface ClientRun {
+  /** Whether the expected reply appeared in its stdout. */
+  found: boolean;
+  /** Whether it exited by itself before the deadline. */
+  exitedOnItsOwn: boolean;
+  /** Milliseconds from start to exit (or to the reply, or the deadline). */
+  ms: number;
+  /** The (stopped) program, for its output and exit status. */
+  program: ProgramProcess;
+}
+
+/** What a client check is given. */
+export interface ClientContext {
+  transport: "tcp" | "udp";
+  /** Port for whatever the client talks to: 0, or the fixed port its template needs. */
+  listenPort: number;
+  /** How long the client gets to print the reply or give up. */
+  deadlineMs: number;
+  /**
+   * Runs the client under test against `port`, writes `input` to its stdin
+   * and waits until `expect` appears in its stdout, it exits, or the deadline.
+   */
+  runClient(options: { port: number; input: string; expect?: Uint8Array }): Promise<ClientRun>;
+}
+
+/** A check of a server under test. */
+export interface ServerCheck {
+  side: "server";
+  id: CheckId;
+  title: string;
+  /** Advice shown when it fails. */
+  hint: string;
+  run(context: ServerContext): Promise<string>;
+}
+
+/** A check of a client under test. */
+export interface ClientCheck {
+  side: "client";
+  id: CheckId;
+  title: string;
+  /** Advice shown when it fails. */
+  hint: string;
+  run(context: ClientContext): Promise<string>;
+}
+
+/** Any check. */
+export type Check = ServerCheck | ClientCheck;
+
+const TITLES: Readonly<Record<CheckId, string>> = {
+  basic: "basic ASCII sentence",
+  mixed: "mixed case and punctuation",
+  utf8: "multibyte UTF-8 (ü ß ΐ ﬁ 😀 €)",
+  long1k: "a 1500-byte line (longer than a 1024-byte recv)",
+  long2k: "a 3000-byte line (longer than a 2048-byte recv)",
+  split: "delivery split into single bytes by a proxy (one recv is not one message)",
+  concurrent: "concurrency: a silent first client must not block a second (iterative server)",
+  invalid: "invalid UTF-8: the server survives and keeps serving",
+  lossy: "lossy UDP path (seeded): the client retries or times out, never hangs",
+  no_reply: "a server that never replies: the client gives up on its own, never hangs",
+};
+
+// ---------------------------------------------------------------------------
+// Server checks
+// ---------------------------------------------------------------------------
+
+/** A reply from the server under test, TCP or UDP alike. */
+interface Reply {
+  data: Uint8Array;
+  /** Why the reply may be incomplete, if anything went wrong. */
+  problem?: string;
+}
+
+/** Sends `data` to the server under test (or to `address`) and waits for the reply. */
+async function request(
+  context: ServerContext,
+  data: Uint8Array,
+  options: { ms?: number; address?: Address } = {},
+): Promise<Reply> {
+  const { ms = REPLY_MS, address = context.address } = options;
+  const signal = context.serverExited;
+  if (context.transport === "tcp") {
+    const outcome = await tcpRequest({
+      address,
+      chunks: [data],
+      ms,
+      signal,
+      halfCloseDelayMs: context.halfCloseDelayMs,
+    });
+    return { data: outcome.data, problem: outcome.problem };
+  }
+  const outcome = await udpRequest({ address, data, ms, signal });
+  if (outcome.reply) return { data: outcome.reply };
+  const problem = outcome.end === "aborted"
+    ? "the server exited instead of replying"
+    : `no reply datagram within ${ms} ms`;
+  return { data: new Uint8Array(0), problem };
+}
+
+/** Throws unless `reply` is the uppercased `request`; else returns a pass note. */
+function expectUppercase(reply: Reply, request: Uint8Array, { note = "" } = {}): string {
+  const expected = expectedReply(request);
+  const diff = replyDiff(reply.data, expected);
+  if (diff === undefined) {
+    return `the reply matched (${reply.data.length} bytes)${note ? `; ${note}` : ""}`;
+  }
+  const lines = [diff];
+  if (reply.problem) lines.push(reply.problem);
+  if (note) lines.push(note);
+  throw new CheckFailure(lines.join("\n"));
+}
+
+/** A server check that sends the check's sentence and expects it back uppercased. */
+function sentenceCheck(id: CheckId, hint: string): ServerCheck {
+  return {
+    side: "server",
+    id,
+    title: TITLES[id],
+    hint,
+    run: async (context) => {
+      const data = utf8(SENTENCES[id]);
+      return expectUppercase(await request(context, data), data);
+    },
+  };
+}
+
+const LONG_HINTS = {
+  tcp: "TCP is a byte stream: one recv(1024) returns at most 1024 bytes, and often less. " +
+    "Keep reading until recv() returns b'' (the client half-closed), then reply.",
+  udp: "recvfrom(2048) cuts a longer datagram at 2048 bytes, silently. " +
+    "Receive into a buffer of 65535 bytes.",
+};
+
+/** The sentence checks of a server, from basic ASCII to long lines. */
+function serverBasics(transport: "tcp" | "udp"): ServerCheck[] {
+  return [
+    sentenceCheck("basic", "Decode the bytes as UTF-8, uppercase, encode, send back."),
+    sentenceCheck("mixed", "Only letters change; digits, spaces and punctuation stay as they are."),
+    sentenceCheck(
+      "utf8",
+      "Decode the bytes as UTF-8 before uppercasing (bytes.upper() changes ASCII only), " +
+        "and encode the reply as UTF-8.",
+    ),
+    sentenceCheck("long1k", LONG_HINTS[transport]),
+    sentenceCheck("long2k", LONG_HINTS[transport]),
+  ];
+}
+
+const splitServerCheck: ServerCheck = {
+  side: "server",
+  id: "split",
+  title: TITLES.split,
+  hint: "One recv() is not one message: read until the client half-closes (recv returns b''). " +
+    "Decode with an incremental decoder (codecs.getincrementaldecoder, TextDecoder " +
+    "{ stream: true }) or decode once at the end: a character can be split across reads.",
+  run: async (context) => {
+    const proxy = await startSplitProxy({ port: 0, target: context.address });
+    try {
+      const data = utf8(SENTENCES.split);
+      const reply = await request(context, data, {
+        address: { hostname: "127.0.0.1", port: proxy.port },
+      });
+      return expectUppercase(reply, data, { note: proxy.stats() });
+    } finally {
+      await proxy.close();
+    }
+  },
+};
+
+const concurrentCheck: ServerCheck = {
+  side: "server",
+  id: "concurrent",
+  title: TITLES.concurrent,
+  hint: "The textbook's TCPServer.py is iterative: while it waits in recv() for one client, " +
+    "nobody else is served. Serve each connection in its own thread (threading, " +
+    "socketserver.ThreadingTCPServer), process, or async task.",
+  run: async (context) => {
+    const controller = new AbortController();
+    const timer = setTimeout(() => controller.abort(), REPLY_MS);
+    let silent: Deno.TcpConn;
+    try {
+      silent = await Deno.connect({ ...context.address, signal: controller.signal });
+    } catch (error) {
+      throw new CheckFailure(`the first client could not connect: ${(error as Error).message}`);
+    } finally {
+      clearTimeout(timer);
+    }
+    try {
+      const data = utf8(SENTENCES.concurrent);
+      const reply = await request(context, data, { ms: CONCURRENT_MS });
+      if (reply.data.length === 0 && reply.problem?.startsWith("no end of reply")) {
+        throw new CheckFailure(
+          `the second client got no reply within ${CONCURRENT_MS / 1000} s while the first ` +
+            "client stayed connected and silent: the server serves one client at a time " +
+            "(an iterative server)",
+        );
+      }
+      return expectUppercase(reply, data, {
+        note: "while another client stayed connected and silent",
+      });
+    } finally {
+      silent.close();
+    }
+  },
+};
+
+/** The invalid UTF-8 check of a server. */
+function invalidCheck(transport: "tcp" | "udp"): ServerCheck {
+  return {
+    side: "server",
+    id: "invalid",
+    title: TITLES.invalid,
+    hint: "bytes.decode() raises UnicodeDecodeError on invalid UTF-8, and an uncaught exception " +
+      "ends the server. Decode with errors='replace' (invalid bytes become U+FFFD), " +
+      "or catch the error and keep serving.",
+    run: async (context) => {
+      const first = await request(context, INVALID, { ms: transport === "tcp" ? 2000 : 1000 });
+      const answer = first.data.length > 0
+        ? `it answered the invalid bytes with ${escapeBytes(first.data, 60)}`
+        : `it did not answer the invalid bytes (${first.problem ?? "it closed the connection"})`;
+      if (context.serverExited.aborted) {
+        throw new CheckFailure(
+          `the server ${context.server.describeExit()} after receiving invalid UTF-8 ` +
+            `(${escapeBytes(INVALID)}): ${answer}`,
+        );
+      }
+      const data = utf8(SENTENCES.invalid);
+      const reply = await request(context, data);
+      try {
+        return expectUppercase(reply, data, { note: answer });
+      } catch (error) {
+        throw new CheckFailure(
+          `after invalid UTF-8 (${escapeBytes(INVALID)}) the next request was not served:\n` +
+            (error as Error).message,
+        );
+      }
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------
+// Client checks
+// ---------------------------------------------------------------------------
+
+/**
+ * Runs this project's own server in-process on `port` (both loopback
+ * addresses) for the duration of `body`.
+ */
+async function withOurServer<T>(
+  { transport, port }: { transport: "tcp" | "udp"; port: number },
+  body: (port: number) => Promise<T>,
+): Promise<T> {
+  const controller = new AbortController();
+  const options = { hostname: "localhost", port, log: () => {}, signal: controller.signal };
+  const server = transport === "tcp"
+    ? await startTcpServer({ ...options, shutdownGrace: 1, idleTimeout: 30 })
+    : await startUdpServer(options);
+  try {
+    return await body(server.addrs[0].port);
+  } finally {
+    controller.abort();
+    await withDeadline(server.finished, 5000, "this project's server to shut down");
+  }
+}
+
+/** "exited with code 0 after 120 ms" or "was still running after 5 s (killed)". */
+function howItEnded(run: ClientRun, deadlineMs: number): string {
+  return run.exitedOnItsOwn
+    ? `the client ${run.program.describeExit()} after ${run.ms} ms`
+    : `the client was still running after ${deadlineMs / 1000} s and was killed`;
+}
+
+/**
+ * Runs the client with `sentence` and throws unless its stdout has the
+ * reply; `describe` adds a note about what happened (read after the run).
+ */
+async function expectClientPrints(
+  context: ClientContext,
+  { port, sentence, describe = () => "" }: {
+    port: number;
+    sentence: string;
+    describe?: () => string;
+  },
+): Promise<string> {
+  const expect = expectedReply(utf8(sentence));
+  const run = await context.runClient({ port, input: `${sentence}\n`, expect });
+  const note = describe();
+  if (run.found) {
+    return `the reply appeared in the client's output (${expect.length} bytes)` +
+      (note ? `; ${note}` : "");
+  }
+  const lines = [
+    "the client's output does not contain the expected reply",
+    outputDiff(run.program.stdoutBytes(), expect),
+    howItEnded(run, context.deadlineMs),
+  ];
+  if (note) lines.push(note);
+  throw new CheckFailure(lines.join("\n"));
+}
+
+/** A client check: the client must print the check's sentence uppercased. */
+function clientSentenceCheck(id: CheckId, hint: string): ClientCheck {
+  return {
+    side: "client",
+    id,
+    title: TITLES[id],
+    hint,
+    run: (context) =>
+      withOurServer(
+        { transport: context.transport, port: context.listenPort },
+        (port) => expectClientPrints(context, { port, sentence: SENTENCES[id] }),
+      ),
+  };
+}
+
+const CLIENT_LONG_HINTS = {
+  tcp: "One recv(1024) returns at most 1024 bytes of the reply, and often less. " +
+    "Half-close after sending (clientSocket.shutdown(SHUT_WR)) and read until recv " +
+    "returns b''.",
+  udp: "recvfrom(2048) cuts a longer reply at 2048 bytes, silently. Use recvfrom(65535).",
+};
+
+/** The sentence checks of a client, from basic ASCII to long lines. */
+function clientBasics(transport: "tcp" | "udp"): ClientCheck[] {
+  return [
+    clientSentenceCheck(
+      "basic",
+      "Read a line from stdin, send it, print the reply (a prompt and a prefix are fine).",
+    ),
+    clientSentenceCheck("mixed", "Send the line exactly as typed; print the reply as received."),
+    clientSentenceCheck(
+      "utf8",
+      "Encode the line as UTF-8 and decode the reply as UTF-8 (not ASCII).",
+    ),
+    clientSentenceCheck("long1k", CLIENT_LONG_HINTS[transport]),
+    clientSentenceCheck("long2k", CLIENT_LONG_HINTS[transport]),
+  ];
+}
+
+const splitClientCheck: ClientCheck = {
+  side: "client",
+  id: "split",
+  title: TITLES.split,
+  hint: "The reply can arrive in many pieces: read until recv() returns b'' and decode " +
+    "the whole reply once (or with an incremental decoder), not each piece on its own.",
+  run: (context) =>
+    withOurServer({ transport: "tcp", port: 0 }, async (serverPort) => {
+      const proxy = await startSplitProxy({
+        port: context.listenPort,
+        target: { hostname: "127.0.0.1", port: serverPort },
+      });
+      try {
+        return await expectClientPrints(context, {
+          port: proxy.port,
+          sentence: SENTENCES.split,
+          describe: proxy.stats,
+        });
+      } finally {
+        await proxy.close();
+      }
+    }),
+};
+
+const lossyCheck: ClientCheck = {
+  side: "client",
+  id: "lossy",
+  title: TITLES.lossy,
+  hint: "UDP loses datagrams and never says so: recvfrom() then waits forever. Set a " +
+    "timeout (clientSocket.settimeout(1)), catch socket.timeout, send again a few " +
+    "times, then give up with a message.",
+  run: (context) =>
+    withOurServer({ transport: "udp", port: 0 }, async (serverPort) => {
+      const proxy = await startLossyUdpProxy({
+        port: context.listenPort,
+        target: { hostname: "127.0.0.1", port: serverPort },
+        seed: 2024,
+        lossRate: 0.3,
+      });
+      try {
+        const expect = expectedReply(utf8(SENTENCES.lossy));
+        const run = await context.runClient({
+          port: proxy.port,
+          input: `${SENTENCES.lossy}\n`,
+          expect,
+        });
+        if (run.found) return `the reply got through after retries; ${proxy.stats()}`;
+        if (run.exitedOnItsOwn) {
+          return `no reply got through, and ${howItEnded(run, context.deadlineMs)}, ` +
+            `which is a clean timeout; ${proxy.stats()}`;
+        }
+        throw new CheckFailure(
+          "the first request datagram was lost, and " + howItEnded(run, context.deadlineMs) +
+            `: it neither retried successfully nor gave up\n${proxy.stats()}`,
+        );
+      } finally {
+        await proxy.close();
+      }
+    }),
+};
+
+/** The "never replies" check of a client. */
+function noReplyCheck(transport: "tcp" | "udp"): ClientCheck {
+  return {
+    side: "client",
+    id: "no_reply",
+    title: TITLES.no_reply,
+    hint: transport === "tcp"
+      ? "recv() waits forever for a server that never answers. Set a timeout " +
+        "(clientSocket.settimeout(2)), catch socket.timeout, say so and exit."
+      : "recvfrom() waits forever when no reply comes. Set a timeout " +
+        "(clientSocket.settimeout(1)), catch socket.timeout, say so and exit.",
+    run: async (context) => {
+      const stub = transport === "tcp"
+        ? await startSilentTcpServer(context.listenPort)
+        : await startSilentUdpServer(context.listenPort);
+      try {
+        const run = await context.runClient({
+          port: stub.port,
+          input: `${SENTENCES.no_reply}\n`,
+        });
+        if (run.exitedOnItsOwn) return `${howItEnded(run, context.deadlineMs)}; ${stub.stats()}`;
+        throw new CheckFailure(`${howItEnded(run, context.deadlineMs)}\n${stub.stats()}`);
+      } finally {
+        await stub.close();
+      }
+    },
+  };
+}
+
+/**
+ * The checks for `role`, in the order they run. For a server the invalid
+ * UTF-8 check runs last: it is the one most likely to crash the server.
+ *
+ * @example
+ * ```ts
+ * checksFor("tcp_server").map((check) => check.id);
+ * // ["basic", "mixed", "utf8", "long1k", "long2k", "split", "concurrent", "invalid"]
+ * ```
+ */
+export function checksFor(role: Role): Check[] {
+  switch (role) {
+    case "tcp_server":
+      return [...serverBasics("tcp"), splitServerCheck, concurrentCheck, invalidCheck("tcp")];
+    case "udp_server":
+      return [...serverBasics("udp"), invalidCheck("udp")];
+    case "tcp_client":
+      return [...clientBasics("tcp"), splitClientCheck, noReplyCheck("tcp")];
+    case "udp_client":
+      return [...clientBasics("udp"), lossyCheck, noReplyCheck("udp")];
+  }
+}

@@ -1,0 +1,198 @@
+/**
+ * What the grading suite tests, read from the environment.
+ *
+ * Each of the four roles runs a command template: this project's own program
+ * by default, or the program given in `UDP_SERVER`, `UDP_CLIENT`,
+ * `TCP_SERVER` or `TCP_CLIENT`. `{host}` and `{port}` are filled in by the
+ * harness; a template without `{port}` uses the fixed port (12000, as in the
+ * textbook) on localhost.
+ *
+ * @module
+ */
+import { fileURLToPath } from "node:url";
+import { shellQuote } from "./process.ts";
+
+/** The project folder (where deno.json lives). */
+export const PROJECT_ROOT = fileURLToPath(new URL("../..", import.meta.url));
+
+/** The four programs of the textbook's uppercase app. */
+export type Role = "udp_server" | "udp_client" | "tcp_server" | "tcp_client";
+
+/** Every role, in the order the suite tests them. */
+export const ROLES: readonly Role[] = ["udp_server", "udp_client", "tcp_server", "tcp_client"];
+
+/** The environment variable that selects each role's program. */
+export const ROLE_ENV: Readonly<Record<Role, string>> = {
+  udp_server: "UDP_SERVER",
+  udp_client: "UDP_CLIENT",
+  tcp_server: "TCP_SERVER",
+  tcp_client: "TCP_CLIENT",
+};
+
+/** How each role is named in test names and grades. */
+export const ROLE_LABEL: Readonly<Record<Role, string>> = {
+  udp_server: "UDP server",
+  udp_client: "UDP client",
+  tcp_server: "TCP server",
+  tcp_client: "TCP client",
+};
+
+/** The address a server under test binds, and the one a client under test is given. */
+export const LOOPBACK = "127.0.0.1";
+
+/** Everything the harness needs to know, from the environment. */
+export interface GradeConfig {
+  /** The roles to test, in order. */
+  roles: Role[];
+  /** The command template of each role. */
+  templates: Record<Role, string>;
+  /** Which roles run a program given in the environment (the others run this project's). */
+  submitted: Role[];
+  /** The port a template without `{port}` uses (`GRADE_FIXED_PORT`, default 12000). */
+  fixedPort: number;
+  /** Milliseconds a server gets to become ready (`GRADE_READY_DEADLINE` seconds, default 5). */
+  readyDeadlineMs: number;
+  /** Milliseconds a client gets to answer or give up (`GRADE_CLIENT_DEADLINE` seconds, default 5). */
+  clientDeadlineMs: number;
+  /** Folder the templates run in: where the command was started (`INIT_CWD` under deno task). */
+  cwd: string;
+}
+
+/**
+ * A mistake in the grading environment variables.
+ *
+ * @example
+ * ```ts
+ * throw new ConfigError('GRADE_FIXED_PORT must be a number from 1 to 65535, not "x"');
+ * ```
+ */
+export class ConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "ConfigError";
+  }
+}
+
+/**
+ * The command template that runs this project's own program for `role`.
+ *
+ * @example
+ * ```ts
+ * defaultTemplate("tcp_client"); // ".../deno run --allow-net ... tcp_client.ts --host {host} --port {port} --timeout 1"
+ * ```
+ */
+export function defaultTemplate(role: Role): string {
+  const extra: Record<Role, string> = {
+    udp_server: "--quiet",
+    tcp_server: "--quiet",
+    // Short timeouts keep the "never replies" and "lossy" checks quick.
+    udp_client: "--timeout 0.3 --tries 5",
+    tcp_client: "--timeout 1",
+  };
+  const script = shellQuote(`${PROJECT_ROOT}${role}.ts`);
+  return `${shellQuote(Deno.execPath())} run --no-prompt --allow-net ${script} ` +
+    `--host {host} --port {port} ${extra[role]}`;
+}
+
+/**
+ * Whether a template lets the harness choose the port.
+ *
+ * @example
+ * ```ts
+ * usesPortPlaceholder("python3 TCPServer.py {port}"); // true
+ * usesPortPlaceholder("python3 TCPServer.py"); // false: port 12000
+ * ```
+ */
+export function usesPortPlaceholder(template: string): boolean {
+  return template.includes("{port}");
+}
+
+/**
+ * Fills `{host}` and `{port}` into a template.
+ *
+ * @example
+ * ```ts
+ * fillTemplate("python3 s.py {host} {port}", { host: "127.0.0.1", port: 5000 });
+ * // "python3 s.py 127.0.0.1 5000"
+ * ```
+ */
+export function fillTemplate(template: string, values: { host: string; port: number }): string {
+  return template.replaceAll("{host}", shellQuote(values.host))
+    .replaceAll("{port}", String(values.port));
+}
+
+/** Options for {@linkcode loadConfig}. */
+export interface LoadConfigOptions {
+  /** The environment; default the process's. */
+  env?: Record<string, string | undefined>;
+  /**
+   * Without `GRADE_ROLES`: test only the roles given in the environment
+   * (all four when none is), as `deno task grade` does, so a grade counts
+   * only the submission. Default false: all four roles, as `deno test` does.
+   */
+  onlySubmitted?: boolean;
+}
+
+/**
+ * Reads the grading configuration from the environment.
+ *
+ * @example
+ * ```ts
+ * const config = loadConfig({ env: { TCP_SERVER: "python3 TCPServer.py {port}" } });
+ * config.templates.tcp_server; // "python3 TCPServer.py {port}"
+ * ```
+ */
+export function loadConfig(options: LoadConfigOptions = {}): GradeConfig {
+  const { env = Deno.env.toObject(), onlySubmitted = false } = options;
+  const templates = {} as Record<Role, string>;
+  const submitted: Role[] = [];
+  for (const role of ROLES) {
+    const given = env[ROLE_ENV[role]]?.trim();
+    if (given) submitted.push(role);
+    templates[role] = given || defaultTemplate(role);
+  }
+  let roles = onlySubmitted && submitted.length > 0 ? submitted : [...ROLES];
+  const only = env.GRADE_ROLES?.trim();
+  if (only) roles = parseRoles(only);
+  return {
+    roles,
+    templates,
+    submitted,
+    fixedPort: readNumber(env, "GRADE_FIXED_PORT", { fallback: 12000, min: 1, max: 65535 }),
+    readyDeadlineMs: 1000 *
+      readNumber(env, "GRADE_READY_DEADLINE", { fallback: 5, min: 0.1, max: 600 }),
+    clientDeadlineMs: 1000 *
+      readNumber(env, "GRADE_CLIENT_DEADLINE", { fallback: 5, min: 0.1, max: 600 }),
+    cwd: env.INIT_CWD || Deno.cwd(),
+  };
+}
+
+/** `tcp_server,UDP_CLIENT` -> the roles, in the suite's order. */
+function parseRoles(text: string): Role[] {
+  const wanted = new Set<Role>();
+  for (const word of text.split(/[\s,]+/).filter(Boolean)) {
+    const name = word.toLowerCase().replace("-", "_");
+    const role = ROLES.find((r) => r === name);
+    if (role === undefined) {
+      throw new ConfigError(
+        `GRADE_ROLES names an unknown role "${word}": use ${ROLES.join(", ")}`,
+      );
+    }
+    wanted.add(role);
+  }
+  return ROLES.filter((role) => wanted.has(role));
+}
+
+function readNumber(
+  env: Record<string, string | undefined>,
+  name: string,
+  { fallback, min, max }: { fallback: number; min: number; max: number },
+): number {
+  const text = env[name]?.trim();
+  if (!text) return fallback;
+  const value = Number(text);
+  if (!/^\d+(\.\d+)?$/.test(text) || value < min || value > max) {
+    throw new ConfigError(`${name} must be a number from ${min} to ${max}, not "${text}"`);
+  }
+  return value;
+}

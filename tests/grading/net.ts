@@ -1,0 +1,525 @@
+/**
+ * Loopback networking for the grading checks: requests that report what
+ * happened instead of throwing, readiness probes, and listeners on both
+ * loopback addresses. Every wait has a deadline and every socket is closed
+ * before a function returns.
+ *
+ * @module
+ */
+
+import net from "node:net";
+
+/** Where a server listens. */
+export interface Address {
+  hostname: string;
+  port: number;
+}
+
+/** The two loopback addresses, tried in this order. */
+export const LOOPBACK_HOSTS = ["127.0.0.1", "::1"] as const;
+
+/**
+ * Binds `bind(hostname, port)` on 127.0.0.1 and on ::1 with the same port
+ * (with port 0, the one the system picked for 127.0.0.1). ::1 is skipped on
+ * a machine without IPv6.
+ */
+function bindBoth<T extends { close(): void; addr: Deno.Addr }>(
+  bind: (hostname: string, port: number) => T,
+  port: number,
+): T[] {
+  for (let attempt = 1;; attempt++) {
+    const v4 = bind("127.0.0.1", port);
+    const chosen = (v4.addr as Deno.NetAddr).port;
+    try {
+      return [v4, bind("::1", chosen)];
+    } catch (error) {
+      if (error instanceof Deno.errors.AddrNotAvailable) return [v4];
+      v4.close();
+      const retry = port === 0 && error instanceof Deno.errors.AddrInUse && attempt < 10;
+      if (!retry) throw error;
+    }
+  }
+}
+
+/**
+ * TCP listeners on 127.0.0.1 and ::1, on `port` (0: any free port).
+ *
+ * @example
+ * ```ts
+ * const listeners = listenTcpLoopback(0);
+ * const port = (listeners[0].addr as Deno.NetAddr).port;
+ * for (const l of listeners) l.close();
+ * ```
+ */
+export function listenTcpLoopback(port: number): Deno.TcpListener[] {
+  return bindBoth((hostname, p) => Deno.listen({ hostname, port: p }), port);
+}
+
+/**
+ * UDP sockets on 127.0.0.1 and ::1, on `port` (0: any free port).
+ *
+ * @example
+ * ```ts
+ * const sockets = bindUdpLoopback(0);
+ * for (const s of sockets) s.close();
+ * ```
+ */
+export function bindUdpLoopback(port: number): Deno.DatagramConn[] {
+  return bindBoth(
+    (hostname, p) => Deno.listenDatagram({ transport: "udp", hostname, port: p }),
+    port,
+  );
+}
+
+/**
+ * Whether `port` can be bound on 127.0.0.1 right now.
+ *
+ * @example
+ * ```ts
+ * if (!portIsFree("tcp", 12000)) console.log("something already uses port 12000");
+ * ```
+ */
+export function portIsFree(transport: "tcp" | "udp", port: number): boolean {
+  try {
+    const socket = transport === "tcp"
+      ? Deno.listen({ hostname: "127.0.0.1", port })
+      : Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port });
+    socket.close();
+    return true;
+  } catch (error) {
+    if (error instanceof Deno.errors.AddrInUse) return false;
+    throw error;
+  }
+}
+
+/**
+ * Resolves after `ms`, or at once when `signal` aborts.
+ *
+ * @example
+ * ```ts
+ * await sleep(5, controller.signal);
+ * ```
+ */
+export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal?.aborted) return resolve();
+    const done = () => {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal?.addEventListener("abort", done, { once: true });
+  });
+}
+
+/**
+ * A TCP connection to a program under test, with one difference from
+ * `Deno.connect`: once the program has closed its side, `close()` resets
+ * the connection (RST) instead of closing it (FIN). A server that closes
+ * first would otherwise keep its port in TIME_WAIT for up to a minute, and
+ * a server without SO_REUSEADDR (the textbook's) could not bind it again:
+ * with a template without {port}, every later program on the fixed port
+ * would fail to start. (`node:net`'s `resetAndDestroy()` sets SO_LINGER 0.)
+ *
+ * @example
+ * ```ts
+ * const conn = await ResettingConn.connect({ hostname: "127.0.0.1", port: 12000 });
+ * await conn.write(new TextEncoder().encode("hi"));
+ * await conn.closeWrite();
+ * for (let chunk = await conn.read(); chunk; chunk = await conn.read()) console.log(chunk);
+ * await conn.close();
+ * ```
+ */
+export class ResettingConn {
+  #socket: net.Socket;
+  #chunks: Uint8Array[] = [];
+  #ended = false;
+  #error: Error | undefined;
+  #wake: (() => void) | undefined;
+  #closed: Promise<void>;
+
+  private constructor(socket: net.Socket) {
+    this.#socket = socket;
+    this.#closed = new Promise((resolve) => socket.once("close", () => resolve()));
+    socket.on("data", (data: Uint8Array) => {
+      this.#chunks.push(new Uint8Array(data));
+      this.#wakeReader();
+    });
+    socket.once("end", () => {
+      this.#ended = true;
+      this.#wakeReader();
+    });
+    socket.on("error", (error: Error) => {
+      this.#error ??= error;
+      this.#wakeReader();
+    });
+    socket.once("close", () => {
+      this.#error ??= new Deno.errors.BadResource("the connection is closed");
+      this.#wakeReader();
+    });
+  }
+
+  /** Connects to `address`; aborting `signal` gives up. */
+  static connect(address: Address, signal?: AbortSignal): Promise<ResettingConn> {
+    return new Promise((resolve, reject) => {
+      const socket = net.connect({
+        host: address.hostname,
+        port: address.port,
+        allowHalfOpen: true, // end() is a half-close
+        noDelay: true,
+      });
+      const fail = (error: Error) => {
+        signal?.removeEventListener("abort", onAbort);
+        socket.destroy();
+        reject(error);
+      };
+      const onAbort = () => fail(new Error("aborted while connecting"));
+      if (signal?.aborted) return onAbort();
+      signal?.addEventListener("abort", onAbort, { once: true });
+      socket.once("error", fail);
+      socket.once("connect", () => {
+        signal?.removeEventListener("abort", onAbort);
+        socket.off("error", fail);
+        resolve(new ResettingConn(socket));
+      });
+    });
+  }
+
+  #wakeReader() {
+    const wake = this.#wake;
+    this.#wake = undefined;
+    wake?.();
+  }
+
+  /** The next chunk the peer sent, or null at its end of stream. */
+  async read(): Promise<Uint8Array | null> {
+    for (;;) {
+      const chunk = this.#chunks.shift();
+      if (chunk) return chunk;
+      if (this.#ended) return null;
+      if (this.#error) throw this.#error;
+      await new Promise<void>((resolve) => this.#wake = resolve);
+    }
+  }
+
+  /** Writes all of `data`; rejects if the connection closes first. */
+  write(data: Uint8Array): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const closed = () => reject(new Deno.errors.BadResource("the connection is closed"));
+      if (this.#socket.destroyed) return closed();
+      this.#closed.then(closed);
+      this.#socket.write(data, (error?: Error | null) => error ? reject(error) : resolve());
+    });
+  }
+
+  /** Half-closes: the peer reads end of stream, and can still reply. */
+  closeWrite(): Promise<void> {
+    return new Promise((resolve) => {
+      if (this.#socket.destroyed) return resolve();
+      this.#closed.then(() => resolve());
+      this.#socket.end(() => resolve());
+    });
+  }
+
+  /** Closes: with a reset if the peer has closed its side, else normally. Waits for the close. */
+  async close(): Promise<void> {
+    if (this.#ended) this.#socket.resetAndDestroy();
+    else this.#socket.destroy();
+    await this.#closed;
+  }
+}
+
+/** Whether a node:net error has one of these codes (ECONNRESET, ...). */
+function isCode(error: unknown, ...codes: string[]): boolean {
+  return codes.includes((error as { code?: string })?.code ?? "");
+}
+
+/** How a TCP request ended. */
+export type TcpEnd = "eof" | "timeout" | "aborted" | "reset" | "refused" | "error";
+
+/** What a TCP request got back. */
+export interface TcpOutcome {
+  /** Every byte of the reply that arrived. */
+  data: Uint8Array;
+  /** How the reply ended: "eof" is the normal end (the server closed its side). */
+  end: TcpEnd;
+  /** A sentence about anything that went wrong, reading or writing. */
+  problem?: string;
+  /** Milliseconds from connect to the end. */
+  ms: number;
+}
+
+/** Options for {@linkcode tcpRequest}. */
+export interface TcpRequestOptions {
+  address: Address;
+  /** The request; each chunk is one write. */
+  chunks: Uint8Array[];
+  /** Deadline for the whole exchange. */
+  ms: number;
+  /** Aborting ends the request at once (end "aborted"), e.g. when the server exits. */
+  signal?: AbortSignal;
+  /**
+   * Milliseconds to wait after the request before half-closing, unless the
+   * server closes first; default 0. With a fixed port this keeps TIME_WAIT
+   * off the server's port: a server that replies without waiting for end of
+   * stream (the textbook's) closes first and is reset; one that waits gets
+   * our end of stream first, and closes second.
+   */
+  halfCloseDelayMs?: number;
+}
+
+/**
+ * Connects, writes the request, half-closes, and reads the reply until the
+ * server closes its side, the deadline passes or `signal` aborts. Never
+ * throws for network errors: the outcome says what happened.
+ *
+ * @example
+ * ```ts
+ * const outcome = await tcpRequest({
+ *   address: { hostname: "127.0.0.1", port: 12000 },
+ *   chunks: [new TextEncoder().encode("hello")],
+ *   ms: 2000,
+ * });
+ * if (outcome.end === "eof") console.log(new TextDecoder().decode(outcome.data));
+ * ```
+ */
+export async function tcpRequest(options: TcpRequestOptions): Promise<TcpOutcome> {
+  const { address, chunks, ms, signal, halfCloseDelayMs = 0 } = options;
+  const started = performance.now();
+  const stop = new AbortController();
+  let why: TcpEnd | undefined;
+  const abortAs = (end: TcpEnd) => () => {
+    why ??= end;
+    stop.abort();
+  };
+  const timer = setTimeout(abortAs("timeout"), ms);
+  const onSignal = abortAs("aborted");
+  if (signal?.aborted) onSignal();
+  signal?.addEventListener("abort", onSignal, { once: true });
+  const parts: Uint8Array[] = [];
+  let received = 0;
+  let end: TcpEnd = "eof";
+  let problem: string | undefined;
+  let conn: ResettingConn | undefined;
+  const closing: Promise<void>[] = [];
+  const close = () => {
+    if (conn) closing.push(conn.close());
+    conn = undefined;
+  };
+  stop.signal.addEventListener("abort", close, { once: true });
+  try {
+    conn = await ResettingConn.connect(address, stop.signal);
+    const c = conn;
+    const serverClosed = new AbortController();
+    const reading = (async () => {
+      try {
+        for (let chunk = await c.read(); chunk !== null; chunk = await c.read()) {
+          parts.push(chunk);
+          received += chunk.length;
+          if (received > MAX_REPLY) throw new Error(`the reply is over ${MAX_REPLY} bytes`);
+        }
+      } finally {
+        serverClosed.abort();
+      }
+    })();
+    const writing = (async () => {
+      for (const chunk of chunks) await c.write(chunk);
+      if (halfCloseDelayMs > 0) await sleep(halfCloseDelayMs, serverClosed.signal);
+      if (!serverClosed.signal.aborted) await c.closeWrite();
+    })();
+    const [read, write] = await Promise.allSettled([reading, writing]);
+    if (read.status === "rejected") {
+      end = why ?? (isCode(read.reason, "ECONNRESET") ? "reset" : "error");
+      problem = describeTcpEnd(end, read.reason, ms);
+    } else if (write.status === "rejected" && !why) {
+      problem = `writing the request failed (${errorText(write.reason)}): ` +
+        "the server closed the connection before reading all of it";
+    }
+  } catch (error) {
+    end = why ?? (isCode(error, "ECONNREFUSED") ? "refused" : "error");
+    problem = describeTcpEnd(end, error, ms);
+  } finally {
+    clearTimeout(timer);
+    signal?.removeEventListener("abort", onSignal);
+    close();
+    await Promise.all(closing);
+  }
+  return { data: concat(parts), end, problem, ms: Math.round(performance.now() - started) };
+}
+
+/** More reply than any check needs: stop reading. */
+const MAX_REPLY = 16 * 1024 * 1024;
+
+function describeTcpEnd(end: TcpEnd, error: unknown, ms: number): string {
+  switch (end) {
+    case "timeout":
+      return `no end of reply within ${ms} ms (the server did not close the connection)`;
+    case "aborted":
+      return "the server exited during the exchange";
+    case "reset":
+      return "the server reset the connection (it closed it with unread data, or crashed)";
+    case "refused":
+      return "connection refused: nothing is listening (did the server crash?)";
+    default:
+      return errorText(error);
+  }
+}
+
+/** What a UDP request got back. */
+export interface UdpOutcome {
+  /** The reply, or undefined if none came. */
+  reply?: Uint8Array;
+  /** "reply", or why none came. */
+  end: "reply" | "timeout" | "aborted";
+  /** Milliseconds from sending to the end. */
+  ms: number;
+}
+
+/** Options for {@linkcode udpRequest}. */
+export interface UdpRequestOptions {
+  address: Address;
+  data: Uint8Array;
+  /** How long to wait for the reply. */
+  ms: number;
+  /** Aborting ends the wait at once, e.g. when the server exits. */
+  signal?: AbortSignal;
+}
+
+/**
+ * Sends one datagram from a fresh socket and waits for the reply from the
+ * server's address (other senders are ignored).
+ *
+ * @example
+ * ```ts
+ * const outcome = await udpRequest({
+ *   address: { hostname: "127.0.0.1", port: 12000 },
+ *   data: new TextEncoder().encode("hello"),
+ *   ms: 2000,
+ * });
+ * ```
+ */
+export async function udpRequest(options: UdpRequestOptions): Promise<UdpOutcome> {
+  const { address, data, ms, signal } = options;
+  const started = performance.now();
+  const v6 = address.hostname.includes(":");
+  const socket = Deno.listenDatagram({
+    transport: "udp",
+    hostname: v6 ? "::1" : "127.0.0.1",
+    port: 0,
+  });
+  let end: UdpOutcome["end"] = "timeout";
+  const closeSocket = (why: UdpOutcome["end"]) => () => {
+    end = why;
+    try {
+      socket.close();
+    } catch {
+      // Already closed.
+    }
+  };
+  const timer = setTimeout(closeSocket("timeout"), ms);
+  const onSignal = closeSocket("aborted");
+  signal?.addEventListener("abort", onSignal, { once: true });
+  let reply: Uint8Array | undefined;
+  try {
+    if (signal?.aborted) throw new Error("aborted");
+    await socket.send(data, { transport: "udp", ...address });
+    // A bounded loop: at most 100 stray datagrams are skipped.
+    for (let i = 0; i < 100 && reply === undefined; i++) {
+      const [received, from] = await socket.receive(new Uint8Array(65536));
+      if ((from as Deno.NetAddr).port === address.port) reply = received;
+    }
+  } catch {
+    // Closed by the deadline or the signal.
+  } finally {
+    clearTimeout(timer);
+    signal?.removeEventListener("abort", onSignal);
+    closeSocket(reply ? "reply" : end)();
+  }
+  return { reply, end: reply ? "reply" : end, ms: Math.round(performance.now() - started) };
+}
+
+/**
+ * Resolves to the loopback address where a TCP server accepts connections
+ * (127.0.0.1 first, then ::1), or undefined if neither does.
+ *
+ * @example
+ * ```ts
+ * const hostname = await probeTcp(12000); // "127.0.0.1", "::1" or undefined
+ * ```
+ */
+export async function probeTcp(port: number, ms = 1000): Promise<string | undefined> {
+  for (const hostname of LOOPBACK_HOSTS) {
+    const controller = new AbortController();
+    const timer = setTimeout(() => controller.abort(), ms);
+    try {
+      const conn = await Deno.connect({ hostname, port, signal: controller.signal });
+      conn.close();
+      return hostname;
+    } catch {
+      // Refused, no IPv6, or too slow: try the next address.
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+  return undefined;
+}
+
+/**
+ * Sends a small datagram to `port` on both loopback addresses and resolves
+ * to the address that answered first within `ms`, or undefined.
+ *
+ * @example
+ * ```ts
+ * const hostname = await probeUdp(12000, 100);
+ * ```
+ */
+export async function probeUdp(port: number, ms: number): Promise<string | undefined> {
+  const probe = new TextEncoder().encode("probe");
+  const answered = new AbortController();
+  let winner: string | undefined;
+  // Both addresses at once; the first to answer wins and ends the other wait.
+  await Promise.all(LOOPBACK_HOSTS.map(async (hostname) => {
+    try {
+      const address = { hostname, port };
+      const outcome = await udpRequest({ address, data: probe, ms, signal: answered.signal });
+      if (outcome.reply !== undefined && winner === undefined) {
+        winner = hostname;
+        answered.abort();
+      }
+    } catch {
+      // No IPv6 on this machine.
+    }
+  }));
+  return winner;
+}
+
+/**
+ * Joins byte arrays.
+ *
+ * @example
+ * ```ts
+ * concat([new Uint8Array([1]), new Uint8Array([2, 3])]); // Uint8Array [1, 2, 3]
+ * ```
+ */
+export function concat(parts: Uint8Array[]): Uint8Array {
+  const all = new Uint8Array(parts.reduce((sum, part) => sum + part.length, 0));
+  let offset = 0;
+  for (const part of parts) {
+    all.set(part, offset);
+    offset += part.length;
+  }
+  return all;
+}
+
+/**
+ * An error's message (its first line), or the value as text.
+ *
+ * @example
+ * ```ts
+ * errorText(new Error("Connection refused (os error 111)")); // "Connection refused (os error 111)"
+ * ```
+ */
+export function errorText(error: unknown): string {
+  return error instanceof Error ? error.message.split("\n")[0] : String(error);
+}

@@ -1,0 +1,257 @@
+/**
+ * The grading harness's own parts: process groups, readiness, the fixed
+ * port, the configuration, the comparisons and the proxies.
+ */
+import assert from "node:assert/strict";
+import { ConfigError, fillTemplate, loadConfig, usesPortPlaceholder } from "./grading/config.ts";
+import { indexOfBytes, outputDiff, replyDiff, replyMatches } from "./grading/compare.ts";
+import { tcpRequest } from "./grading/net.ts";
+import { ProgramProcess, shellQuote } from "./grading/process.ts";
+import { seededRandom, startSplitProxy } from "./grading/proxies.ts";
+import { RoleRunner } from "./grading/runner.ts";
+import { ROOT, SUBPROCESS, utf8 } from "./helpers.ts";
+
+const TEXTBOOK = `${ROOT}tests/fixtures/textbook/`;
+
+/** A port that was free a moment ago. */
+function freePort(): number {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = listener.addr.port;
+  listener.close();
+  return port;
+}
+
+/**
+ * The process group ids of every live process on the machine. Killed
+ * processes that init has not reaped yet (zombies, state Z) do not count.
+ */
+async function processGroups(): Promise<number[]> {
+  const { stdout } = await new Deno.Command("ps", { args: ["-eo", "pgid=,stat="] }).output();
+  return new TextDecoder().decode(stdout).split("\n")
+    .map((line) => line.trim().split(/\s+/))
+    .filter(([pgid, stat]) => pgid && !stat?.startsWith("Z"))
+    .map(([pgid]) => Number(pgid));
+}
+
+Deno.test({
+  name: "grading harness: stop() kills the program and everything it started",
+  permissions: SUBPROCESS,
+  fn: async () => {
+    const program = ProgramProcess.spawn({ command: "sleep 30 & sleep 31 & echo started; wait" });
+    assert.ok(await program.waitUntil(() => program.stdoutText().includes("started"), 5000));
+    assert.ok((await processGroups()).filter((g) => g === program.pid).length >= 3);
+    await program.stop();
+    assert.equal(program.describeExit(), "was killed by SIGKILL");
+    // The shell was killed with its two children: nothing is left in the group.
+    assert.deepEqual((await processGroups()).filter((g) => g === program.pid), []);
+  },
+});
+
+Deno.test({
+  name: "grading harness: input is written to stdin and output collected as bytes",
+  permissions: SUBPROCESS,
+  fn: async () => {
+    await using program = ProgramProcess.spawn({ command: "cat", input: utf8("ä€\n") });
+    await program.exited;
+    await program.drain(2000);
+    assert.deepEqual(program.stdoutBytes(), utf8("ä€\n"));
+    assert.equal(program.describeExit(), "exited with code 0");
+  },
+});
+
+Deno.test({
+  name: "grading harness: a server that exits before it is ready fails with its output",
+  permissions: SUBPROCESS,
+  fn: async () => {
+    const config = loadConfig({
+      env: { TCP_SERVER: "echo cannot bind {port} >&2; exit 3", GRADE_ROLES: "tcp_server" },
+    });
+    await using runner = new RoleRunner({ role: "tcp_server", config });
+    const result = await runner.run(runner.checks[0]);
+    assert.equal(result.passed, false);
+    assert.match(result.output, /exited with code 3 before it was ready/);
+    assert.match(result.output, /--- its stderr\ncannot bind \d+/);
+    assert.match(result.output, /^Hint: /m);
+  },
+});
+
+Deno.test({
+  name: "grading harness: a server that is never ready fails at the deadline, and is killed",
+  permissions: SUBPROCESS,
+  fn: async () => {
+    const config = loadConfig({
+      env: { UDP_SERVER: "sleep 30 # {port}", GRADE_READY_DEADLINE: "0.3" },
+    });
+    await using runner = new RoleRunner({ role: "udp_server", config });
+    const started = performance.now();
+    const result = await runner.run(runner.checks[0]);
+    assert.ok(performance.now() - started < 3000);
+    assert.equal(result.passed, false);
+    assert.match(
+      result.output,
+      /was not ready within 0\.3 s: it neither answered a probe datagram on port \d+ of 127\.0\.0\.1 or ::1 nor printed a line/,
+    );
+    // The other checks do not wait for the deadline again.
+    const next = await runner.run(runner.checks[1]);
+    assert.ok(next.ms < 200);
+    assert.match(next.output, /^not run: the server under test was not ready in an earlier check/);
+  },
+});
+
+Deno.test({
+  name: "grading harness: without {port}, a fixed port in use is reported, for servers and clients",
+  permissions: SUBPROCESS,
+  fn: async () => {
+    using taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const port = taken.addr.port;
+    const env = {
+      TCP_SERVER: `python3 ${shellQuote(`${TEXTBOOK}TCPServer.py`)}`,
+      TCP_CLIENT: `python3 ${shellQuote(`${TEXTBOOK}TCPClient.py`)}`,
+      GRADE_FIXED_PORT: String(port),
+    };
+    const config = loadConfig({ env });
+    for (const role of ["tcp_server", "tcp_client"] as const) {
+      await using runner = new RoleRunner({ role, config });
+      assert.equal(runner.shared, role === "tcp_server");
+      const result = await runner.run(runner.checks[0]);
+      assert.equal(result.passed, false);
+      assert.match(
+        result.output,
+        new RegExp(`^port ${port} \\(TCP\\) is already in use on 127\\.0\\.0\\.1, so `),
+      );
+      assert.match(result.output, /or put \{port\} in TCP_/);
+    }
+  },
+});
+
+Deno.test({
+  name: "grading harness: a client without {port} is served on the fixed port (plain and split)",
+  permissions: SUBPROCESS,
+  fn: async () => {
+    const port = freePort();
+    const config = loadConfig({
+      env: {
+        TCP_CLIENT: `python3 ${shellQuote(`${TEXTBOOK}TCPClient.py`)} localhost ${port}`,
+        GRADE_FIXED_PORT: String(port),
+      },
+    });
+    await using runner = new RoleRunner({ role: "tcp_client", config });
+    const [basic, split] = ["basic", "split"].map((id) => runner.checks.find((c) => c.id === id)!);
+    const passed = await runner.run(basic);
+    assert.equal(passed.passed, true, passed.output);
+    const failed = await runner.run(split);
+    assert.equal(failed.passed, false);
+    assert.match(failed.output, /the closest match in the output agrees with the first 1 of/);
+    assert.match(failed.output, /the proxy delivered \d+ bytes one at a time over 1 connection/);
+  },
+});
+
+Deno.test({
+  name: "grading harness: the configuration reads templates, roles and deadlines",
+  fn: () => {
+    const config = loadConfig({
+      env: {
+        TCP_SERVER: "python3 s.py {host} {port}",
+        GRADE_ROLES: "TCP_SERVER, udp_client",
+        GRADE_CLIENT_DEADLINE: "1.5",
+        INIT_CWD: "/somewhere",
+      },
+    });
+    assert.deepEqual(config.roles, ["udp_client", "tcp_server"]);
+    assert.deepEqual(config.submitted, ["tcp_server"]);
+    assert.equal(config.templates.tcp_server, "python3 s.py {host} {port}");
+    assert.match(config.templates.udp_client, /udp_client\.ts'? --host \{host\} --port \{port\}/);
+    assert.equal(config.clientDeadlineMs, 1500);
+    assert.equal(config.fixedPort, 12000);
+    assert.equal(config.cwd, "/somewhere");
+    // Without GRADE_ROLES: all four for deno test, only those given for the grade.
+    assert.equal(loadConfig({ env: { TCP_SERVER: "x" } }).roles.length, 4);
+    assert.deepEqual(loadConfig({ env: { TCP_SERVER: "x" }, onlySubmitted: true }).roles, [
+      "tcp_server",
+    ]);
+    assert.equal(loadConfig({ env: {}, onlySubmitted: true }).roles.length, 4);
+    assert.throws(
+      () => loadConfig({ env: { GRADE_ROLES: "web_server" } }),
+      (error: Error) =>
+        error instanceof ConfigError && /unknown role "web_server"/.test(error.message),
+    );
+    assert.throws(
+      () => loadConfig({ env: { GRADE_READY_DEADLINE: "soon" } }),
+      /GRADE_READY_DEADLINE must be a number from 0\.1 to 600, not "soon"/,
+    );
+    assert.equal(usesPortPlaceholder("python3 TCPServer.py"), false);
+    assert.equal(
+      fillTemplate("x {host} {port} {port}", { host: "::1", port: 5 }),
+      "x ::1 5 5",
+    );
+    assert.equal(shellQuote("it's"), `'it'\\''s'`);
+  },
+});
+
+Deno.test({
+  name: "grading harness: replies match exactly (one trailing line end allowed), with a diff",
+  fn: () => {
+    assert.ok(replyMatches(utf8("HI"), utf8("HI")));
+    assert.ok(replyMatches(utf8("HI\n"), utf8("HI")));
+    assert.ok(replyMatches(utf8("HI\r\n"), utf8("HI")));
+    assert.ok(!replyMatches(utf8("HI\n\n"), utf8("HI")));
+    assert.ok(!replyMatches(utf8("H"), utf8("HI")));
+    assert.equal(
+      replyDiff(utf8("\xe4"), utf8("\xc4")),
+      "the reply differs at byte 1 (got 2 bytes, want 2)\n  got:  \\xc3\\xa4\n  want: \\xc3\\x84",
+    );
+    assert.equal(indexOfBytes(utf8("From Server:  HI\n"), utf8("HI")), 14);
+    assert.equal(indexOfBytes(utf8("H"), utf8("HI")), -1);
+    assert.equal(
+      outputDiff(utf8("Input:From Server: HELL\n"), utf8("HELLO")),
+      "the closest match in the output agrees with the first 4 of 5 bytes of the reply, " +
+        "then differs:\n  got:  HELL\\n\n  want: HELLO",
+    );
+    assert.match(outputDiff(utf8("nothing"), utf8("XYZ")), /^no part of the expected reply/);
+  },
+});
+
+Deno.test({
+  name: "grading harness: the lossy proxy's seed gives the same losses every run",
+  fn: () => {
+    const a = seededRandom(2024);
+    const b = seededRandom(2024);
+    const first = Array.from({ length: 20 }, () => a());
+    assert.deepEqual(first, Array.from({ length: 20 }, () => b()));
+    assert.ok(first.every((x) => x >= 0 && x < 1));
+    assert.notDeepEqual(first, Array.from({ length: 20 }, seededRandom(7)));
+  },
+});
+
+Deno.test({
+  name: "grading harness: the split proxy delivers one byte per read and passes the end on",
+  fn: async () => {
+    using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const reads: number[] = [];
+    const served = (async () => {
+      using conn = await listener.accept();
+      const buffer = new Uint8Array(1024);
+      for (let n = await conn.read(buffer); n !== null; n = await conn.read(buffer)) {
+        reads.push(n);
+      }
+      await conn.write(utf8("OK"));
+    })();
+    const proxy = await startSplitProxy({
+      port: 0,
+      target: { hostname: "127.0.0.1", port: listener.addr.port },
+    });
+    try {
+      const outcome = await tcpRequest({
+        address: { hostname: "127.0.0.1", port: proxy.port },
+        chunks: [utf8("€ab")],
+        ms: 3000,
+      });
+      assert.equal(outcome.end, "eof");
+      assert.deepEqual(outcome.data, utf8("OK"));
+    } finally {
+      await proxy.close();
+      await served;
+    }
+    assert.deepEqual(reads, [1, 1, 1, 1, 1]);
+  },
+});

@@ -1,0 +1,355 @@
+/**
+ * The grading suite must catch real mistakes: it runs against every
+ * known-buggy fixture in tests/fixtures/ (and the textbook-faithful
+ * programs in tests/fixtures/textbook/) and each must fail exactly the
+ * expected checks and pass the rest. Then the suite is run end to end as a
+ * grader would: `deno test --reporter=junit` and `deno task grade`'s script,
+ * with the environment variables.
+ */
+import assert from "node:assert/strict";
+import { type GradeConfig, loadConfig, type Role, ROLE_ENV } from "./grading/config.ts";
+import { type CheckId, checksFor } from "./grading/checks.ts";
+import { shellQuote } from "./grading/process.ts";
+import { type CheckResult, RoleRunner } from "./grading/runner.ts";
+import { ROOT, SUBPROCESS, withDeadline } from "./helpers.ts";
+
+/** A program to grade and the checks it must fail. */
+interface Fixture {
+  file: string;
+  role: Role;
+  /** The checks it fails; every other check of its role must pass. */
+  fails: CheckId[];
+  /** Why, in a few words. */
+  bug: string;
+}
+
+const FIXTURES: Fixture[] = [
+  {
+    file: "udp_server_echo.py",
+    role: "udp_server",
+    bug: "echoes without uppercasing",
+    fails: ["basic", "mixed", "utf8", "long1k", "long2k", "invalid"],
+  },
+  {
+    file: "udp_server_crash_invalid.py",
+    role: "udp_server",
+    bug: "strict decode() crashes on invalid UTF-8",
+    fails: ["invalid"],
+  },
+  {
+    file: "tcp_server_ascii_only.py",
+    role: "tcp_server",
+    bug: "bytes.upper() uppercases ASCII only",
+    fails: ["utf8"],
+  },
+  {
+    file: "tcp_server_single_recv.py",
+    role: "tcp_server",
+    bug: "a single recv(1024) is taken as the message",
+    fails: ["long1k", "long2k", "split"],
+  },
+  {
+    file: "tcp_server_iterative.py",
+    role: "tcp_server",
+    bug: "serves one client at a time",
+    fails: ["concurrent"],
+  },
+  {
+    file: "tcp_server_split_decode.ts",
+    role: "tcp_server",
+    bug: "decodes each read separately",
+    fails: ["split"],
+  },
+  {
+    file: "tcp_server_crash_invalid.ts",
+    role: "tcp_server",
+    bug: "a fatal decoder's error ends the server",
+    fails: ["invalid"],
+  },
+  {
+    file: "tcp_server_close_before_reply.py",
+    role: "tcp_server",
+    bug: "closes the connection before replying",
+    fails: ["basic", "mixed", "utf8", "long1k", "long2k", "split", "concurrent", "invalid"],
+  },
+  {
+    file: "udp_client_no_timeout.py",
+    role: "udp_client",
+    bug: "recvfrom() without a timeout",
+    fails: ["lossy", "no_reply"],
+  },
+  {
+    file: "udp_client_ascii_decode.py",
+    role: "udp_client",
+    bug: "decodes the reply as ASCII",
+    fails: ["utf8"],
+  },
+  {
+    file: "tcp_client_single_read.ts",
+    role: "tcp_client",
+    bug: "a single 1024-byte read is taken as the reply",
+    fails: ["long1k", "long2k", "split"],
+  },
+  {
+    file: "tcp_client_split_decode.py",
+    role: "tcp_client",
+    bug: "decodes each recv() separately",
+    fails: ["split"],
+  },
+  // The textbook's programs, as printed: fine for short ASCII and UTF-8
+  // sentences, and known to fail the rest.
+  {
+    file: "textbook/UDPServer.py",
+    role: "udp_server",
+    bug: "textbook: recvfrom(2048), strict decode()",
+    fails: ["long2k", "invalid"],
+  },
+  {
+    file: "textbook/UDPClient.py",
+    role: "udp_client",
+    bug: "textbook: recvfrom(2048), no timeout",
+    fails: ["long2k", "lossy", "no_reply"],
+  },
+  {
+    file: "textbook/TCPServer.py",
+    role: "tcp_server",
+    bug: "textbook: iterative, one recv(1024), strict decode()",
+    fails: ["long1k", "long2k", "split", "concurrent", "invalid"],
+  },
+  {
+    file: "textbook/TCPClient.py",
+    role: "tcp_client",
+    bug: "textbook: one recv(1024), no timeout",
+    fails: ["long1k", "long2k", "split", "no_reply"],
+  },
+];
+
+/**
+ * Fixtures graded at the same time. Most of a fixture's time is spent
+ * waiting (for a hung client's deadline, or an iterative server), so all of
+ * them at once is quickest.
+ */
+const CONCURRENCY = FIXTURES.length;
+
+/**
+ * The Python interpreter itself: a version manager's `python3` shim (pyenv)
+ * costs over 100 ms per start, and the meta-test starts Python ~70 times.
+ */
+const PYTHON = await (async () => {
+  try {
+    const { stdout } = await new Deno.Command("python3", {
+      args: ["-c", "import sys; print(sys.executable)"],
+      stdin: "null",
+      stderr: "null",
+    }).output();
+    return new TextDecoder().decode(stdout).trim() || "python3";
+  } catch {
+    return "python3";
+  }
+})();
+
+/** The command template that runs a fixture, with {host} and {port}. */
+function templateFor(file: string, port = "{port}"): string {
+  const path = shellQuote(`${ROOT}tests/fixtures/${file}`);
+  return file.endsWith(".py")
+    ? `${shellQuote(PYTHON)} ${path} {host} ${port}`
+    : `${shellQuote(Deno.execPath())} run --no-prompt --allow-net ${path} {host} ${port}`;
+}
+
+/**
+ * Settings that keep the meta-test short: a hung client is killed after 2 s
+ * (the fixtures' own timeouts are at most 1.2 s).
+ */
+const QUICK = { GRADE_CLIENT_DEADLINE: "2", GRADE_READY_DEADLINE: "10" };
+
+function configFor(fixture: Fixture): GradeConfig {
+  return loadConfig({
+    env: {
+      ...QUICK,
+      [ROLE_ENV[fixture.role]]: templateFor(fixture.file),
+      GRADE_ROLES: fixture.role,
+    },
+  });
+}
+
+/** Runs `work` on every item, at most `limit` at a time, keeping the order. */
+async function mapLimited<T, R>(
+  items: T[],
+  { limit, work }: { limit: number; work: (item: T) => Promise<R> },
+): Promise<R[]> {
+  const results: R[] = new Array(items.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const i = next++;
+      results[i] = await work(items[i]);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return results;
+}
+
+/** Asserts that exactly the `expected` checks failed, showing the surprises in full. */
+function assertFails(results: CheckResult[], expected: CheckId[]) {
+  const failed = results.filter((r) => !r.passed).map((r) => r.id);
+  const surprises = results.filter((r) => r.passed === expected.includes(r.id));
+  const details = surprises.map((r) =>
+    `--- ${r.name}: ${r.passed ? "passed, expected to fail" : "failed, expected to pass"}\n` +
+    r.output
+  ).join("\n");
+  assert.deepEqual(
+    [...failed].sort(),
+    [...expected].sort(),
+    `failed checks differ from the expectation\n${details}`,
+  );
+}
+
+Deno.test({
+  name: "grading meta-test: the expectation table names only existing checks",
+  fn: () => {
+    for (const fixture of FIXTURES) {
+      const ids = checksFor(fixture.role).map((check) => check.id);
+      for (const id of fixture.fails) assert.ok(ids.includes(id), `${fixture.file}: ${id}`);
+    }
+    const buggy = FIXTURES.filter((f) => !f.file.startsWith("textbook/"));
+    assert.ok(buggy.length >= 8, "at least eight known-buggy fixtures");
+  },
+});
+
+/** Runs deno with `args` in the project folder, with extra environment variables. */
+async function runDeno(args: string[], { env, ms }: { env: Record<string, string>; ms: number }) {
+  const child = new Deno.Command(Deno.execPath(), {
+    args,
+    cwd: ROOT,
+    env: { ...env, NO_COLOR: "1" },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  try {
+    const { code, stdout, stderr } = await withDeadline(child.output(), ms, `deno ${args[0]}`);
+    return {
+      code,
+      stdout: new TextDecoder().decode(stdout),
+      stderr: new TextDecoder().decode(stderr),
+    };
+  } catch (error) {
+    child.kill("SIGKILL");
+    await child.status;
+    throw error;
+  }
+}
+
+/** `deno test --reporter=junit` on the suite, grading the textbook UDP server. */
+function runJunit() {
+  return runDeno([
+    "test",
+    "--allow-net",
+    "--allow-run",
+    "--allow-read",
+    "--allow-env",
+    "--reporter=junit",
+    "tests/conformance_test.ts",
+  ], {
+    env: { ...QUICK, UDP_SERVER: templateFor("textbook/UDPServer.py"), GRADE_ROLES: "udp_server" },
+    ms: 30_000,
+  });
+}
+
+function checkJunit({ code, stdout, stderr }: Awaited<ReturnType<typeof runDeno>>) {
+  assert.notEqual(code, 0, "deno test fails when a check fails");
+  const cases = [
+    ...stdout.matchAll(/<testcase name="([^"]*)"[^>]*?(\/>|>([\s\S]*?)<\/testcase>)/g),
+  ];
+  assert.equal(cases.length, 6, `six UDP server checks\n${stdout}\n${stderr}`);
+  const failed = cases.filter((m) => m[3]?.includes("<failure")).map((m) => m[1]);
+  assert.deepEqual(failed, [
+    "UDP server: a 3000-byte line (longer than a 2048-byte recv)",
+    "UDP server: invalid UTF-8: the server survives and keeps serving",
+  ]);
+  assert.match(stdout, /UnicodeDecodeError/, "the failure shows the server's traceback");
+}
+
+/**
+ * The grade script on the textbook TCP server, with a template without
+ * {port}: the fixed port, for which a free port stands in for 12000.
+ */
+function runGrade(port: number) {
+  return runDeno([
+    "run",
+    "--allow-net",
+    "--allow-run",
+    "--allow-read",
+    "--allow-env",
+    "--allow-write",
+    "tests/grading/grade.ts",
+    "--output",
+    "-",
+  ], {
+    env: {
+      ...QUICK,
+      TCP_SERVER: templateFor("textbook/TCPServer.py", String(port)),
+      GRADE_FIXED_PORT: String(port),
+    },
+    ms: 30_000,
+  });
+}
+
+function checkGrade({ code, stdout, stderr }: Awaited<ReturnType<typeof runDeno>>) {
+  assert.equal(code, 0, stderr);
+  const json = JSON.parse(stdout);
+  assert.equal(json.tests.length, 8, "only the submitted role is graded");
+  assert.equal(json.score, 3);
+  const failed = json.tests.filter((t: { status: string }) => t.status === "failed")
+    .map((t: { tags: string[] }) => t.tags[1]);
+  assert.deepEqual(failed, ["long1k", "long2k", "split", "concurrent", "invalid"]);
+  for (const test of json.tests) {
+    assert.equal(test.max_score, 1);
+    assert.equal(typeof test.output, "string");
+  }
+  assert.match(stderr, /Score: 3\/8/);
+}
+
+/** Asserts a settled promise fulfilled, and checks its value. */
+function fulfilled<T>(settled: PromiseSettledResult<T>, check: (value: T) => void) {
+  if (settled.status === "rejected") throw settled.reason;
+  check(settled.value);
+}
+
+Deno.test({
+  name: "grading meta-test: every fixture fails exactly the expected checks, end to end too",
+  permissions: SUBPROCESS,
+  fn: async (t) => {
+    const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const fixedPort = probe.addr.port;
+    probe.close();
+    // Everything at once: the fixtures, and the suite run as a grader runs it.
+    const [fixtures, junit, grade] = await Promise.allSettled([
+      withDeadline(
+        mapLimited(FIXTURES, {
+          limit: CONCURRENCY,
+          work: (fixture) =>
+            new RoleRunner({ role: fixture.role, config: configFor(fixture) }).runAll(),
+        }),
+        60_000,
+        "grading every fixture",
+      ),
+      runJunit(),
+      runGrade(fixedPort),
+    ]);
+    for (const [i, fixture] of FIXTURES.entries()) {
+      const fails = fixture.fails.length === checksFor(fixture.role).length
+        ? "every check"
+        : fixture.fails.join(", ");
+      await t.step(`${fixture.file} (${fixture.bug}) fails ${fails}`, () => {
+        fulfilled(fixtures, (outcomes) => assertFails(outcomes[i], fixture.fails));
+      });
+    }
+    await t.step("deno test --reporter=junit with UDP_SERVER set grades that program", () => {
+      fulfilled(junit, checkJunit);
+    });
+    await t.step("the grade script writes Gradescope JSON and exits 0 (fixed port)", () => {
+      fulfilled(grade, checkGrade);
+    });
+  },
+});
