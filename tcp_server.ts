@@ -73,9 +73,11 @@ async function serveClient(connectionSocket: Deno.Conn, server: ServerState) {
   // up to 64 KiB, so a big transfer takes fewer, larger reads.
   let buffer = new Uint8Array(1024);
   // A UTF-8 character can be split across two reads; a streaming decoder
-  // keeps the first half until the rest arrives. Invalid bytes become U+FFFD.
+  // keeps the first half until the rest arrives. Invalid bytes become U+FFFD;
   // ignoreBOM keeps a leading byte order mark, as Python's decode() does.
-  const decoder = new TextDecoder("utf-8", { ignoreBOM: true });
+  // Plain ASCII, what most clients send, needs no decoder: it is made at the
+  // first byte above 0x7f, and from then on every read goes through it.
+  let decoder: TextDecoder | undefined;
   try {
     client.touch(); // start the idle clock
     for (;;) {
@@ -83,13 +85,19 @@ async function serveClient(connectionSocket: Deno.Conn, server: ServerState) {
       if (n === null) break; // the client half-closed: it has sent everything
       client.touch(); // progress: restart the idle clock (every write does too)
       client.bytesIn += n;
-      const sentence = decoder.decode(buffer.subarray(0, n), { stream: true });
+      if (decoder === undefined && upperAsciiInPlace(buffer, n)) {
+        // Plain ASCII, what most clients send: no decoding, no encoding.
+        await client.write(buffer.subarray(0, n));
+      } else {
+        decoder ??= new TextDecoder("utf-8", { ignoreBOM: true });
+        const sentence = decoder.decode(buffer.subarray(0, n), { stream: true });
+        const capitalizedSentence = sentence.toUpperCase();
+        await client.write(encoder.encode(capitalizedSentence));
+      }
       if (n === buffer.length && n < 64 * 1024) buffer = new Uint8Array(n * 4);
-      const capitalizedSentence = sentence.toUpperCase();
-      await client.write(encoder.encode(capitalizedSentence));
     }
     // Flush the decoder: a character cut off at the very end becomes U+FFFD.
-    await client.write(encoder.encode(decoder.decode().toUpperCase()));
+    if (decoder) await client.write(encoder.encode(decoder.decode().toUpperCase()));
   } catch (error) {
     client.fail(error);
   } finally {
@@ -100,6 +108,20 @@ async function serveClient(connectionSocket: Deno.Conn, server: ServerState) {
 // ===========================================================================
 // Part 2: what good code adds
 // ===========================================================================
+
+/**
+ * Uppercases ASCII letters where they are and returns true if every byte was
+ * ASCII. At the first byte that is not, returns false: the caller decodes the
+ * bytes instead (uppercasing the letters already done again changes nothing).
+ */
+function upperAsciiInPlace(bytes: Uint8Array, length: number): boolean {
+  for (let i = 0; i < length; i++) {
+    const byte = bytes[i];
+    if (byte >= 0x80) return false;
+    if (byte >= 0x61 && byte <= 0x7a) bytes[i] = byte - 0x20; // a-z to A-Z
+  }
+  return true;
+}
 
 /** Options for {@linkcode startTcpServer}. */
 export interface TcpServerOptions {
@@ -174,6 +196,7 @@ export async function startTcpServer(
   const finished = (async () => {
     await loops;
     await server.drained();
+    server.stopSweeping();
     clearTimeout(graceTimer);
   })();
   // Binding above is synchronous; staying async means a bind error reaches
@@ -212,6 +235,7 @@ class ServerState {
   readonly maxConnections: number;
   readonly open = new Set<Client>();
   #drained = Promise.withResolvers<void>();
+  #sweeper: ReturnType<typeof setInterval> | undefined;
 
   constructor(
     options: {
@@ -223,6 +247,26 @@ class ServerState {
     this.idleMs = options.idleTimeout * 1000;
     this.maxConnections = options.maxConnections;
     this.log = options.log;
+    // One timer for all connections, not one per connection restarted on
+    // every read: a few times per timeout, close the clients idle too long.
+    if (this.idleMs > 0) {
+      this.#sweeper = setInterval(() => this.closeStale(), Math.min(1000, this.idleMs / 4));
+    }
+  }
+
+  /** Closes the connections that have made no progress for the idle timeout. */
+  closeStale() {
+    const cutoff = Date.now() - this.idleMs;
+    for (const client of this.open) {
+      if (client.lastProgress <= cutoff) {
+        client.close(`closed after ${this.idleMs / 1000} s idle`);
+      }
+    }
+  }
+
+  /** Stops the idle sweep once the server has shut down. */
+  stopSweeping() {
+    clearInterval(this.#sweeper);
   }
 
   /** Registers a new connection, or refuses it politely past the cap. */
@@ -271,9 +315,10 @@ class ServerState {
 class Client {
   bytesIn = 0;
   bytesOut = 0;
+  /** When a read or a write last made progress (Date.now()). */
+  lastProgress = Date.now();
   #conn: Deno.Conn;
   #server: ServerState;
-  #timer: ReturnType<typeof setTimeout> | undefined;
   #outcome = "";
   #closed = false;
 
@@ -284,12 +329,7 @@ class Client {
 
   /** Restarts the idle clock: called whenever a read or a write makes progress. */
   touch() {
-    if (this.#server.idleMs <= 0) return;
-    clearTimeout(this.#timer);
-    this.#timer = setTimeout(
-      () => this.close(`closed after ${this.#server.idleMs / 1000} s idle`),
-      this.#server.idleMs,
-    );
+    this.lastProgress = Date.now();
   }
 
   /**
@@ -318,7 +358,6 @@ class Client {
     if (this.#closed) return;
     this.#closed = true;
     this.#outcome ||= reason;
-    clearTimeout(this.#timer);
     closeQuietly(this.#conn);
     const suffix = this.#outcome ? ` (${this.#outcome})` : "";
     // An optional call evaluates its argument only when there is a log.

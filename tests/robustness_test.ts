@@ -79,6 +79,8 @@ const BAD_INPUTS: [string, Uint8Array][] = [
   ["UTF-16 surrogate (ed a0 80)", new Uint8Array([0xed, 0xa0, 0x80, 0x61])],
   ["beyond U+10FFFF (f4 90 80 80)", new Uint8Array([0xf4, 0x90, 0x80, 0x80])],
   ["character cut at the end", new Uint8Array([0x61, 0xe2, 0x82])],
+  // Byte by byte, the plain "b" arrives while half a character is pending.
+  ["cut character, then ASCII", new Uint8Array([0x61, 0xe2, 0x82, 0x62, 0x63])],
   ["all 256 byte values", Uint8Array.from({ length: 256 }, (_, i) => i)],
 ];
 
