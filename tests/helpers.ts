@@ -7,6 +7,7 @@
  *
  * @module
  */
+import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 
 /** The project folder (where deno.json lives). */
@@ -274,6 +275,33 @@ export class Program implements AsyncDisposable {
     this.kill("SIGKILL");
     await this.#close();
   }
+}
+
+/** The first words of every program's error for a missing --allow-net. */
+export const NO_NET_ERROR = /^error: Network access is not allowed: run again with the --allow-net/;
+
+/**
+ * Runs a program that must fail at once, and asserts its exit code and that
+ * it explained why on exactly one line of stderr matching `pattern` (no stack
+ * trace). Resolves to that line.
+ *
+ * @example
+ * ```ts
+ * await expectOneLineError("tcp_client.ts", ["--port", "abc"], { code: 2, pattern: /--port/ });
+ * ```
+ */
+export async function expectOneLineError(
+  script: string,
+  args: string[],
+  expected: { code: number; pattern: RegExp; flags?: string[] },
+): Promise<string> {
+  const { flags } = expected;
+  const { code, stderr } = await Program.start(script, args, flags ? { flags } : {}).finish();
+  const lines = stderr.trim().split("\n");
+  assert.equal(code, expected.code, `exit code, with stderr:\n${stderr}`);
+  assert.equal(lines.length, 1, `one line of stderr, got:\n${stderr}`);
+  assert.match(lines[0], expected.pattern);
+  return lines[0];
 }
 
 /** Options for {@linkcode tcpExchange}. */

@@ -6,7 +6,16 @@
 import assert from "node:assert/strict";
 import { exchangeTcp, parseClientArgs, TimeoutError } from "../tcp_client.ts";
 import { startTcpServer } from "../tcp_server.ts";
-import { NET, Program, readToEnd, SUBPROCESS, withServer, writeAll } from "./helpers.ts";
+import {
+  expectOneLineError,
+  NET,
+  NO_NET_ERROR,
+  Program,
+  readToEnd,
+  SUBPROCESS,
+  withServer,
+  writeAll,
+} from "./helpers.ts";
 
 /**
  * A stub server that accepts one connection, reads the request to its end,
@@ -226,10 +235,7 @@ for (
     name: `tcp client (subprocess): ${args.join(" ")} is a usage error, exit 2`,
     permissions: SUBPROCESS,
     fn: async () => {
-      const { code, stderr } = await Program.start("tcp_client.ts", [...args]).finish();
-      assert.equal(code, 2);
-      assert.match(stderr, pattern);
-      assert.equal(stderr.trim().split("\n").length, 1);
+      await expectOneLineError("tcp_client.ts", [...args], { code: 2, pattern });
     },
   });
 }
@@ -238,10 +244,7 @@ Deno.test({
   name: "tcp client (subprocess): without --allow-net it says which flag to add, exit 2",
   permissions: SUBPROCESS,
   fn: async () => {
-    const { code, stderr } = await Program.start("tcp_client.ts", ["x"], { flags: [] }).finish();
-    assert.equal(code, 2);
-    assert.match(stderr, /^error: Network access is not allowed: run again with the --allow-net/);
-    assert.equal(stderr.trim().split("\n").length, 1);
+    await expectOneLineError("tcp_client.ts", ["x"], { code: 2, pattern: NO_NET_ERROR, flags: [] });
   },
 });
 

@@ -7,7 +7,9 @@ import { startTcpServer } from "../tcp_server.ts";
 import {
   assertBytes,
   expectedReply,
+  expectOneLineError,
   NET,
+  NO_NET_ERROR,
   Program,
   readToEnd,
   SUBPROCESS,
@@ -298,10 +300,7 @@ for (
     name: `tcp server (subprocess): ${args.join(" ")} is a usage error, exit 2`,
     permissions: SUBPROCESS,
     fn: async () => {
-      const { code, stderr } = await Program.start("tcp_server.ts", [...args]).finish();
-      assert.equal(code, 2);
-      assert.match(stderr, pattern);
-      assert.equal(stderr.trim().split("\n").length, 1, `one line, got:\n${stderr}`);
+      await expectOneLineError("tcp_server.ts", [...args], { code: 2, pattern });
     },
   });
 }
@@ -310,11 +309,11 @@ Deno.test({
   name: "tcp server (subprocess): without --allow-net it says which flag to add, exit 2",
   permissions: SUBPROCESS,
   fn: async () => {
-    const { code, stderr } = await Program.start("tcp_server.ts", ["--port", "0"], { flags: [] })
-      .finish();
-    assert.equal(code, 2);
-    assert.match(stderr, /^error: Network access is not allowed: run again with the --allow-net/);
-    assert.equal(stderr.trim().split("\n").length, 1);
+    await expectOneLineError("tcp_server.ts", ["--port", "0"], {
+      code: 2,
+      pattern: NO_NET_ERROR,
+      flags: [],
+    });
   },
 });
 
@@ -324,15 +323,10 @@ Deno.test({
   fn: async () => {
     using taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
     const port = String(taken.addr.port);
-    const { code, stderr } = await Program.start("tcp_server.ts", [
-      "--host",
-      "127.0.0.1",
-      "--port",
-      port,
-    ]).finish();
-    assert.equal(code, 1);
-    assert.match(stderr, new RegExp(`^error: Address 127\\.0\\.0\\.1:${port} is already in use`));
-    assert.equal(stderr.trim().split("\n").length, 1);
+    await expectOneLineError("tcp_server.ts", ["--host", "127.0.0.1", "--port", port], {
+      code: 1,
+      pattern: new RegExp(`^error: Address 127\\.0\\.0\\.1:${port} is already in use`),
+    });
   },
 });
 

@@ -6,7 +6,15 @@
 import assert from "node:assert/strict";
 import { exchangeUdp, NoReplyError, parseClientArgs } from "../udp_client.ts";
 import { startUdpServer } from "../udp_server.ts";
-import { NET, Program, SUBPROCESS, utf8, withServer } from "./helpers.ts";
+import {
+  expectOneLineError,
+  NET,
+  NO_NET_ERROR,
+  Program,
+  SUBPROCESS,
+  utf8,
+  withServer,
+} from "./helpers.ts";
 
 /**
  * A stub UDP "server" that records every datagram and hands each to
@@ -201,11 +209,11 @@ Deno.test({
   name: "udp client (subprocess): without --unstable-net it names the flag, exit 2",
   permissions: SUBPROCESS,
   fn: async () => {
-    const client = Program.start("udp_client.ts", ["x"], { flags: ["--no-config", "--allow-net"] });
-    const { code, stderr } = await client.finish();
-    assert.equal(code, 2);
-    assert.match(stderr, /^error: UDP needs the --unstable-net flag/);
-    assert.equal(stderr.trim().split("\n").length, 1);
+    await expectOneLineError("udp_client.ts", ["x"], {
+      code: 2,
+      pattern: /^error: UDP needs the --unstable-net flag/,
+      flags: ["--no-config", "--allow-net"],
+    });
   },
 });
 
@@ -213,9 +221,7 @@ Deno.test({
   name: "udp client (subprocess): without --allow-net it says which flag to add, exit 2",
   permissions: SUBPROCESS,
   fn: async () => {
-    const { code, stderr } = await Program.start("udp_client.ts", ["x"], { flags: [] }).finish();
-    assert.equal(code, 2);
-    assert.match(stderr, /^error: Network access is not allowed: run again with the --allow-net/);
+    await expectOneLineError("udp_client.ts", ["x"], { code: 2, pattern: NO_NET_ERROR, flags: [] });
   },
 });
 
@@ -230,10 +236,7 @@ for (
     name: `udp client (subprocess): ${args.join(" ")} is a usage error, exit 2`,
     permissions: SUBPROCESS,
     fn: async () => {
-      const { code, stderr } = await Program.start("udp_client.ts", [...args]).finish();
-      assert.equal(code, 2);
-      assert.match(stderr, pattern);
-      assert.equal(stderr.trim().split("\n").length, 1);
+      await expectOneLineError("udp_client.ts", [...args], { code: 2, pattern });
     },
   });
 }

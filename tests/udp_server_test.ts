@@ -7,7 +7,9 @@ import { startUdpServer } from "../udp_server.ts";
 import {
   assertBytes,
   expectedReply,
+  expectOneLineError,
   NET,
+  NO_NET_ERROR,
   Program,
   SUBPROCESS,
   udpExchange,
@@ -138,13 +140,11 @@ Deno.test({
   permissions: SUBPROCESS,
   fn: async () => {
     // --no-config: as if the file had been copied out of the project folder.
-    const server = Program.start("udp_server.ts", ["--port", "0"], {
+    await expectOneLineError("udp_server.ts", ["--port", "0"], {
+      code: 2,
+      pattern: /^error: UDP needs the --unstable-net flag/,
       flags: ["--no-config", "--allow-net"],
     });
-    const { code, stderr } = await server.finish();
-    assert.equal(code, 2);
-    assert.match(stderr, /^error: UDP needs the --unstable-net flag/);
-    assert.equal(stderr.trim().split("\n").length, 1);
   },
 });
 
@@ -152,10 +152,11 @@ Deno.test({
   name: "udp server (subprocess): without --allow-net it says which flag to add, exit 2",
   permissions: SUBPROCESS,
   fn: async () => {
-    const { code, stderr } = await Program.start("udp_server.ts", ["--port", "0"], { flags: [] })
-      .finish();
-    assert.equal(code, 2);
-    assert.match(stderr, /^error: Network access is not allowed: run again with the --allow-net/);
+    await expectOneLineError("udp_server.ts", ["--port", "0"], {
+      code: 2,
+      pattern: NO_NET_ERROR,
+      flags: [],
+    });
   },
 });
 
@@ -170,10 +171,7 @@ for (
     name: `udp server (subprocess): ${args.join(" ")} is a usage error, exit 2`,
     permissions: SUBPROCESS,
     fn: async () => {
-      const { code, stderr } = await Program.start("udp_server.ts", [...args]).finish();
-      assert.equal(code, 2);
-      assert.match(stderr, pattern);
-      assert.equal(stderr.trim().split("\n").length, 1);
+      await expectOneLineError("udp_server.ts", [...args], { code: 2, pattern });
     },
   });
 }
