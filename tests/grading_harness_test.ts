@@ -9,17 +9,9 @@ import { tcpRequest } from "./grading/net.ts";
 import { ProgramProcess, shellQuote } from "./grading/process.ts";
 import { seededRandom, startSplitProxy } from "./grading/proxies.ts";
 import { RoleRunner } from "./grading/runner.ts";
-import { ROOT, SUBPROCESS, utf8 } from "./helpers.ts";
+import { fixedFreePort, ROOT, SUBPROCESS, utf8 } from "./helpers.ts";
 
 const TEXTBOOK = `${ROOT}tests/fixtures/textbook/`;
-
-/** A port that was free a moment ago. */
-function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = listener.addr.port;
-  listener.close();
-  return port;
-}
 
 /**
  * The process group ids of every live process on the machine. Killed
@@ -128,7 +120,7 @@ Deno.test({
   name: "grading harness: a client without {port} is served on the fixed port (plain and split)",
   permissions: SUBPROCESS,
   fn: async () => {
-    const port = freePort();
+    const port = fixedFreePort();
     const config = loadConfig({
       env: {
         TCP_CLIENT: `python3 ${shellQuote(`${TEXTBOOK}TCPClient.py`)} localhost ${port}`,
@@ -236,9 +228,12 @@ Deno.test({
       }
       await conn.write(utf8("OK"));
     })();
+    // 50 ms between bytes, not the default 5: a busy machine then needs a
+    // 50 ms scheduling delay before two bytes could arrive in one read.
     const proxy = await startSplitProxy({
       port: 0,
       target: { hostname: "127.0.0.1", port: listener.addr.port },
+      gapMs: 50,
     });
     try {
       const outcome = await tcpRequest({

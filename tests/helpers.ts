@@ -277,6 +277,44 @@ export class Program implements AsyncDisposable {
   }
 }
 
+/**
+ * A port that is free right now on both loopback addresses, for TCP and UDP,
+ * for a test that must name its port in advance (a fixed port, a narrow
+ * --allow-net grant). It is taken from below the system's ephemeral range:
+ * a port from "bind to port 0, close" can be handed out again at once as the
+ * source port of another test's outgoing connection, and the test that runs
+ * 10,000 connections makes that likely.
+ *
+ * @example
+ * ```ts
+ * const port = fixedFreePort();
+ * Program.start("tcp_server.ts", ["--port", String(port)]);
+ * ```
+ */
+export function fixedFreePort(): number {
+  let ephemeralStart = 32768;
+  try {
+    const range = Deno.readTextFileSync("/proc/sys/net/ipv4/ip_local_port_range");
+    ephemeralStart = Number(range.trim().split(/\s+/)[0]) || ephemeralStart;
+  } catch {
+    // Not Linux, or not readable: assume the common default.
+  }
+  const low = Math.max(1024, ephemeralStart - 12_000);
+  for (let attempt = 0; attempt < 1000; attempt++) {
+    const port = low + Math.floor(Math.random() * (ephemeralStart - low));
+    try {
+      for (const hostname of ["127.0.0.1", "::1"]) {
+        Deno.listen({ hostname, port }).close();
+        Deno.listenDatagram({ transport: "udp", hostname, port }).close();
+      }
+      return port;
+    } catch {
+      // Taken on one of them: try another.
+    }
+  }
+  throw new Error(`No free port found between ${low} and ${ephemeralStart}`);
+}
+
 /** The first words of every program's error for a missing --allow-net. */
 export const NO_NET_ERROR = /^error: Network access is not allowed: run again with the --allow-net/;
 

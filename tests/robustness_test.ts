@@ -16,6 +16,7 @@ import {
   assertBytes,
   escapeBytes,
   expectedReply,
+  fixedFreePort,
   NET,
   Program,
   readToEnd,
@@ -478,28 +479,11 @@ Deno.test({
 
 // --- security ------------------------------------------------------------------
 
-/** A port that is free right now on both loopback addresses, TCP and UDP. */
-function freePort(): number {
-  for (;;) {
-    const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-    const port = probe.addr.port;
-    probe.close();
-    try {
-      Deno.listen({ hostname: "::1", port }).close();
-      Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port }).close();
-      Deno.listenDatagram({ transport: "udp", hostname: "::1", port }).close();
-      return port;
-    } catch {
-      // Taken on one of them: try another.
-    }
-  }
-}
-
 Deno.test({
   name: "security: each program works under exactly the minimal grant from the README",
   permissions: SUBPROCESS,
   fn: async () => {
-    const port = freePort();
+    const port = fixedFreePort();
     const p = String(port);
     const exact = `127.0.0.1:${p},[::1]:${p}`;
     {
