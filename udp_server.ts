@@ -90,10 +90,8 @@ async function sendReply(
   const limit = clientAddress.hostname.includes(":") ? MAX_PAYLOAD.ipv6 : MAX_PAYLOAD.ipv4;
   if (reply.length > limit) {
     server.log?.(
-      `Dropped the reply to ${
-        formatAddr(clientAddress)
-      }: ${bytesIn} bytes in, ${reply.length} bytes out ` +
-        `do not fit in one datagram (at most ${limit})`,
+      `Dropped the reply to ${formatAddr(clientAddress)}: ${bytesIn} bytes in, ` +
+        `${reply.length} bytes out do not fit in one datagram (at most ${limit})`,
     );
     return;
   }
