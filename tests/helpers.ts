@@ -279,8 +279,9 @@ export class Program implements AsyncDisposable {
 
 /**
  * A port that is free right now on both loopback addresses, for TCP and UDP,
- * for a test that must name its port in advance (a fixed port, a narrow
- * --allow-net grant). It is taken from below the system's ephemeral range:
+ * for a program that is told its port in advance (a fixed port, a narrow
+ * --allow-net grant, a submission's {port} in the grading kit). It is taken
+ * from below the system's ephemeral range:
  * a port from "bind to port 0, close" can be handed out again at once as the
  * source port of another test's outgoing connection, and the test that runs
  * 10,000 connections makes that likely.

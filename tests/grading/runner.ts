@@ -31,6 +31,7 @@ import {
 import { CheckFailure, indexOfBytes } from "./compare.ts";
 import { type Address, portIsFree, probeTcp, probeUdp } from "./net.ts";
 import { ProgramProcess } from "./process.ts";
+import { fixedFreePort } from "../helpers.ts";
 
 /** The outcome of one check. */
 export interface CheckResult {
@@ -173,7 +174,7 @@ export class RoleRunner implements AsyncDisposable {
         `not run: the server under test was not ready in an earlier check\n${this.#neverReady}`,
       );
     }
-    const port = this.shared ? this.#config.fixedPort : freePort(this.transport);
+    const port = this.shared ? this.#config.fixedPort : fixedFreePort();
     if (this.shared && !portIsFree(this.transport, port)) {
       throw new CheckFailure(await this.#portInUse(port, "the server under test cannot bind it"));
     }
@@ -301,16 +302,6 @@ export class RoleRunner implements AsyncDisposable {
     }
     return message;
   }
-}
-
-/** A port that is free on 127.0.0.1 right now. */
-function freePort(transport: "tcp" | "udp"): number {
-  const socket = transport === "tcp"
-    ? Deno.listen({ hostname: "127.0.0.1", port: 0 })
-    : Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port: 0 });
-  const port = (socket.addr as Deno.NetAddr).port;
-  socket.close();
-  return port;
 }
 
 /**
