@@ -9,7 +9,7 @@ import { tcpRequest } from "./grading/net.ts";
 import { ProgramProcess, shellQuote } from "./grading/process.ts";
 import { seededRandom, startSplitProxy } from "./grading/proxies.ts";
 import { RoleRunner } from "./grading/runner.ts";
-import { fixedFreePort, ROOT, SUBPROCESS, utf8 } from "./helpers.ts";
+import { reserveFixedPort, ROOT, SUBPROCESS, utf8 } from "./helpers.ts";
 
 const TEXTBOOK = `${ROOT}tests/fixtures/textbook/`;
 
@@ -120,7 +120,8 @@ Deno.test({
   name: "grading harness: a client without {port} is served on the fixed port (plain and split)",
   permissions: SUBPROCESS,
   fn: async () => {
-    const port = fixedFreePort();
+    using reserved = await reserveFixedPort();
+    const port = reserved.port;
     const config = loadConfig({
       env: {
         TCP_CLIENT: `python3 ${shellQuote(`${TEXTBOOK}TCPClient.py`)} localhost ${port}`,
@@ -133,7 +134,11 @@ Deno.test({
     assert.equal(passed.passed, true, passed.output);
     const failed = await runner.run(split);
     assert.equal(failed.passed, false);
-    assert.match(failed.output, /the closest match in the output agrees with the first 1 of/);
+    // One recv(1024) gets the first byte or, on a busy machine, the first few.
+    const agrees = /the closest match in the output agrees with the first (\d+) of (\d+) /
+      .exec(failed.output);
+    assert.ok(agrees, failed.output);
+    assert.ok(Number(agrees[1]) < Number(agrees[2]), failed.output);
     assert.match(failed.output, /the proxy delivered \d+ bytes one at a time over 1 connection/);
   },
 });

@@ -11,7 +11,7 @@ import { type GradeConfig, loadConfig, type Role, ROLE_ENV } from "./grading/con
 import { type CheckId, checksFor } from "./grading/checks.ts";
 import { shellQuote } from "./grading/process.ts";
 import { type CheckResult, RoleRunner } from "./grading/runner.ts";
-import { fixedFreePort, ROOT, SUBPROCESS, withDeadline } from "./helpers.ts";
+import { reserveFixedPort, ROOT, SUBPROCESS, withDeadline } from "./helpers.ts";
 
 /** A program to grade and the checks it must fail. */
 interface Fixture {
@@ -320,7 +320,8 @@ Deno.test({
   name: "grading meta-test: every fixture fails exactly the expected checks, end to end too",
   permissions: SUBPROCESS,
   fn: async (t) => {
-    const fixedPort = fixedFreePort();
+    using reserved = await reserveFixedPort();
+    const fixedPort = reserved.port;
     // Everything at once: the fixtures, and the suite run as a grader runs it.
     const [fixtures, junit, grade] = await Promise.allSettled([
       withDeadline(

@@ -16,10 +16,10 @@ import {
   assertBytes,
   escapeBytes,
   expectedReply,
-  fixedFreePort,
   NET,
   Program,
   readToEnd,
+  reserveFixedPort,
   SUBPROCESS,
   tcpExchange,
   udpExchange,
@@ -483,7 +483,8 @@ Deno.test({
   name: "security: each program works under exactly the minimal grant from the README",
   permissions: SUBPROCESS,
   fn: async () => {
-    const port = fixedFreePort();
+    using reserved = await reserveFixedPort();
+    const port = reserved.port;
     const p = String(port);
     const exact = `127.0.0.1:${p},[::1]:${p}`;
     {

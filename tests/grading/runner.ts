@@ -29,9 +29,9 @@ import {
   type ServerContext,
 } from "./checks.ts";
 import { CheckFailure, indexOfBytes } from "./compare.ts";
-import { type Address, portIsFree, probeTcp, probeUdp } from "./net.ts";
+import { type Address, portBecomesFree, probeTcp, probeUdp } from "./net.ts";
 import { ProgramProcess } from "./process.ts";
-import { fixedFreePort } from "../helpers.ts";
+import { type FixedPort, reserveFixedPort } from "../helpers.ts";
 
 /** The outcome of one check. */
 export interface CheckResult {
@@ -50,6 +50,8 @@ interface RunningServer {
   program: ProgramProcess;
   address: Address;
   exited: AbortController;
+  /** The port it was given, held until it stops (none on the shared fixed port). */
+  reserved: FixedPort | undefined;
 }
 
 /** Options for {@linkcode RoleRunner}. */
@@ -131,7 +133,9 @@ export class RoleRunner implements AsyncDisposable {
   async close(): Promise<void> {
     const server = this.#server;
     this.#server = undefined;
-    if (server) await server.program.stop();
+    if (!server) return;
+    await server.program.stop();
+    server.reserved?.[Symbol.dispose]();
   }
 
   [Symbol.asyncDispose](): Promise<void> {
@@ -174,22 +178,30 @@ export class RoleRunner implements AsyncDisposable {
         `not run: the server under test was not ready in an earlier check\n${this.#neverReady}`,
       );
     }
-    const port = this.shared ? this.#config.fixedPort : fixedFreePort();
-    if (this.shared && !portIsFree(this.transport, port)) {
+    const reserved = this.shared ? undefined : await reserveFixedPort();
+    const port = reserved?.port ?? this.#config.fixedPort;
+    if (this.shared && !await portBecomesFree(this.transport, port)) {
       throw new CheckFailure(await this.#portInUse(port, "the server under test cannot bind it"));
     }
-    const program = ProgramProcess.spawn({
-      command: fillTemplate(this.template, { host: LOOPBACK, port }),
-      cwd: this.#config.cwd,
-    });
+    let program: ProgramProcess;
+    try {
+      program = ProgramProcess.spawn({
+        command: fillTemplate(this.template, { host: LOOPBACK, port }),
+        cwd: this.#config.cwd,
+      });
+    } catch (error) {
+      reserved?.[Symbol.dispose]();
+      throw error;
+    }
     const exited = new AbortController();
     program.exited.then(() => exited.abort());
     try {
       const address = await this.#waitReady(program, port);
-      this.#server = { program, address, exited };
+      this.#server = { program, address, exited, reserved };
       return this.#server;
     } catch (error) {
       await program.stop();
+      reserved?.[Symbol.dispose]();
       throw error;
     }
   }
@@ -231,7 +243,7 @@ export class RoleRunner implements AsyncDisposable {
 
   async #runClientCheck(run: (context: ClientContext) => Promise<string>): Promise<string> {
     const listenPort = usesPortPlaceholder(this.template) ? 0 : this.#config.fixedPort;
-    if (listenPort !== 0 && !portIsFree(this.transport, listenPort)) {
+    if (listenPort !== 0 && !await portBecomesFree(this.transport, listenPort)) {
       throw new CheckFailure(
         await this.#portInUse(listenPort, "the harness cannot serve the client"),
       );
