@@ -183,24 +183,19 @@ export class RoleRunner implements AsyncDisposable {
     if (this.shared && !await portBecomesFree(this.transport, port)) {
       throw new CheckFailure(await this.#portInUse(port, "the server under test cannot bind it"));
     }
-    let program: ProgramProcess;
+    let program: ProgramProcess | undefined;
     try {
       program = ProgramProcess.spawn({
         command: fillTemplate(this.template, { host: LOOPBACK, port }),
         cwd: this.#config.cwd,
       });
-    } catch (error) {
-      reserved?.[Symbol.dispose]();
-      throw error;
-    }
-    const exited = new AbortController();
-    program.exited.then(() => exited.abort());
-    try {
+      const exited = new AbortController();
+      program.exited.then(() => exited.abort());
       const address = await this.#waitReady(program, port);
       this.#server = { program, address, exited, reserved };
       return this.#server;
     } catch (error) {
-      await program.stop();
+      await program?.stop();
       reserved?.[Symbol.dispose]();
       throw error;
     }
