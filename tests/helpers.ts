@@ -9,6 +9,13 @@
  */
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
+import { assertBytes, escapeBytes, expectedReply, utf8 } from "./grading/compare.ts";
+import { withDeadline } from "./grading/net.ts";
+
+// The byte comparisons, deadlines and port reservations live in the grading
+// kit, which stands on its own; the tests use the same ones.
+export { assertBytes, escapeBytes, expectedReply, utf8, withDeadline };
+export { type FixedPort, reserveFixedPort } from "./grading/ports.ts";
 
 /** The project folder (where deno.json lives). */
 export const ROOT = fileURLToPath(new URL("..", import.meta.url));
@@ -18,46 +25,6 @@ export const NET = { net: true } as const;
 
 /** Permissions for a test that also runs a program as a subprocess. */
 export const SUBPROCESS = { net: true, run: true, read: true, env: true } as const;
-
-/**
- * The uppercase service as the programs must implement it: decode the bytes
- * as UTF-8 (invalid bytes become U+FFFD, a leading BOM is kept), uppercase,
- * encode. This is the one definition every reply is checked against.
- *
- * @example
- * ```ts
- * expectedReply(new TextEncoder().encode("ß")); // bytes of "SS"
- * ```
- */
-export function expectedReply(input: Uint8Array): Uint8Array {
-  const text = new TextDecoder("utf-8", { ignoreBOM: true }).decode(input);
-  return new TextEncoder().encode(text.toUpperCase());
-}
-
-/** UTF-8 bytes of a string. */
-export function utf8(text: string): Uint8Array {
-  return new TextEncoder().encode(text);
-}
-
-/**
- * Rejects with a clear message if `promise` has not settled within `ms`.
- *
- * @example
- * ```ts
- * await withDeadline(fetchSomething(), 2000, "the reply");
- * ```
- */
-export async function withDeadline<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`Deadline: ${what} took over ${ms} ms`)), ms);
-  });
-  try {
-    return await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 /**
  * Resolves once `condition()` is true, checking every 10 ms; rejects after
@@ -277,91 +244,6 @@ export class Program implements AsyncDisposable {
   }
 }
 
-/** A port held for one test until disposed; see {@linkcode reserveFixedPort}. */
-export interface FixedPort extends Disposable {
-  /** The reserved port, free on 127.0.0.1 and ::1 for TCP and UDP when reserved. */
-  readonly port: number;
-}
-
-/** The last time slot this module handed out a port in: never the same one twice. */
-let lastSlot = -1;
-
-/**
- * Reserves a port for a program that is told its port in advance (a fixed
- * port, a narrow --allow-net grant, a submission's {port} in the grading kit).
- *
- * Three rules keep two programs from ever getting in each other's way, also
- * when test files run in parallel and grading subprocesses pick ports too:
- * - The port comes from below the system's ephemeral range. A port from
- *   "bind to port 0, close" can be handed out again at once as the source
- *   port of another test's outgoing connection.
- * - Ports are handed out in turn by the clock, one per 10 ms time slot, the
- *   same turn in every process, so a port comes round again only after two
- *   minutes. A server that closed first leaves its port in TIME_WAIT for a
- *   minute, and a program that binds without SO_REUSEADDR (the textbook's
- *   Python) then fails with "Address already in use"; Deno's own bind sets
- *   SO_REUSEADDR, so checking with it cannot tell.
- * - While reserved, a lock listener is held on a partner port further down
- *   (127.0.0.1, port - span), so two reservations in one slot cannot both
- *   win, and a port freed for a moment between two steps of one test (the
- *   harness stops listening, then listens again) is not taken by another.
- *
- * @example
- * ```ts
- * using reserved = await reserveFixedPort();
- * Program.start("tcp_server.ts", ["--port", String(reserved.port)]);
- * ```
- */
-export async function reserveFixedPort(): Promise<FixedPort> {
-  let ephemeralStart = 32768;
-  try {
-    const range = Deno.readTextFileSync("/proc/sys/net/ipv4/ip_local_port_range");
-    ephemeralStart = Number(range.trim().split(/\s+/)[0]) || ephemeralStart;
-  } catch {
-    // Not Linux, or not readable: assume the common default.
-  }
-  // Ports [low, ephemeralStart) are handed out; [low - span, low) are their locks.
-  const span = Math.min(12_000, Math.floor((ephemeralStart - 1024) / 2));
-  const low = ephemeralStart - span;
-  const slotMs = Math.max(10, Math.ceil(120_000 / span)); // one round in two minutes
-  const giveUpAt = Date.now() + 30_000;
-  for (;;) {
-    const slot = Math.floor(Date.now() / slotMs);
-    if (slot !== lastSlot) {
-      const port = low + (slot % span);
-      let lock: Deno.Listener | undefined;
-      try {
-        lock = Deno.listen({ hostname: "127.0.0.1", port: port - span });
-      } catch {
-        // Won by another reservation in this slot, or used by something else.
-      }
-      if (lock && isFreeOnLoopback(port)) {
-        lastSlot = slot;
-        return { port, [Symbol.dispose]: () => lock.close() };
-      }
-      lock?.close();
-    }
-    if (Date.now() > giveUpAt) {
-      throw new Error(`No free port found between ${low} and ${ephemeralStart} in 30 s`);
-    }
-    // Wait for the next slot and its port.
-    await new Promise((resolve) => setTimeout(resolve, (slot + 1) * slotMs - Date.now()));
-  }
-}
-
-/** Whether `port` can be bound right now on both loopback addresses, for TCP and UDP. */
-function isFreeOnLoopback(port: number): boolean {
-  try {
-    for (const hostname of ["127.0.0.1", "::1"]) {
-      Deno.listen({ hostname, port }).close();
-      Deno.listenDatagram({ transport: "udp", hostname, port }).close();
-    }
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 /** The first words of every program's error for a missing --allow-net. */
 export const NO_NET_ERROR = /^error: Network access is not allowed: run again with the --allow-net/;
 
@@ -490,44 +372,4 @@ export async function udpExchange(
     socket.close();
     await receiving.catch(() => {});
   }
-}
-
-/**
- * Shows bytes with everything outside printable ASCII escaped, so a failing
- * comparison says exactly which byte differs.
- *
- * @example
- * ```ts
- * escapeBytes(utf8("ä\n")); // "\\xc3\\xa4\\n"
- * ```
- */
-export function escapeBytes(bytes: Uint8Array, max = 200): string {
-  let out = "";
-  for (const b of bytes.subarray(0, max)) {
-    if (b === 0x0a) out += "\\n";
-    else if (b === 0x5c) out += "\\\\";
-    else if (b >= 0x20 && b < 0x7f) out += String.fromCharCode(b);
-    else out += `\\x${b.toString(16).padStart(2, "0")}`;
-  }
-  return bytes.length > max ? `${out}... (${bytes.length} bytes)` : out;
-}
-
-/**
- * Asserts two byte arrays are equal, with an escaped diff on failure.
- *
- * @example
- * ```ts
- * assertBytes(reply, expectedReply(request));
- * ```
- */
-export function assertBytes(actual: Uint8Array, expected: Uint8Array, what = "reply") {
-  if (actual.length === expected.length && actual.every((b, i) => b === expected[i])) return;
-  let first = 0;
-  while (first < actual.length && actual[first] === expected[first]) first++;
-  const from = Math.max(0, first - 20);
-  throw new Error(
-    `${what} differs at byte ${first} (got ${actual.length} bytes, want ${expected.length})\n` +
-      `  got:  ${escapeBytes(actual.subarray(from), 80)}\n` +
-      `  want: ${escapeBytes(expected.subarray(from), 80)}`,
-  );
 }

@@ -8,7 +8,8 @@
  *
  * @module
  */
-import { escapeBytes, expectedReply, utf8, withDeadline } from "../helpers.ts";
+import { escapeBytes, expectedReply, utf8 } from "./compare.ts";
+import { withDeadline } from "./net.ts";
 import { startTcpServer } from "../../tcp_server.ts";
 import { startUdpServer } from "../../udp_server.ts";
 import type { Role } from "./config.ts";

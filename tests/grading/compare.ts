@@ -4,7 +4,66 @@
  *
  * @module
  */
-import { assertBytes, escapeBytes } from "../helpers.ts";
+
+/**
+ * The uppercase service as the programs must implement it: decode the bytes
+ * as UTF-8 (invalid bytes become U+FFFD, a leading BOM is kept), uppercase,
+ * encode. This is the one definition every reply is checked against.
+ *
+ * @example
+ * ```ts
+ * expectedReply(new TextEncoder().encode("ß")); // bytes of "SS"
+ * ```
+ */
+export function expectedReply(input: Uint8Array): Uint8Array {
+  const text = new TextDecoder("utf-8", { ignoreBOM: true }).decode(input);
+  return new TextEncoder().encode(text.toUpperCase());
+}
+
+/** UTF-8 bytes of a string. */
+export function utf8(text: string): Uint8Array {
+  return new TextEncoder().encode(text);
+}
+
+/**
+ * Shows bytes with everything outside printable ASCII escaped, so a failing
+ * comparison says exactly which byte differs.
+ *
+ * @example
+ * ```ts
+ * escapeBytes(utf8("ä\n")); // "\\xc3\\xa4\\n"
+ * ```
+ */
+export function escapeBytes(bytes: Uint8Array, max = 200): string {
+  let out = "";
+  for (const b of bytes.subarray(0, max)) {
+    if (b === 0x0a) out += "\\n";
+    else if (b === 0x5c) out += "\\\\";
+    else if (b >= 0x20 && b < 0x7f) out += String.fromCharCode(b);
+    else out += `\\x${b.toString(16).padStart(2, "0")}`;
+  }
+  return bytes.length > max ? `${out}... (${bytes.length} bytes)` : out;
+}
+
+/**
+ * Asserts two byte arrays are equal, with an escaped diff on failure.
+ *
+ * @example
+ * ```ts
+ * assertBytes(reply, expectedReply(request));
+ * ```
+ */
+export function assertBytes(actual: Uint8Array, expected: Uint8Array, what = "reply") {
+  if (actual.length === expected.length && actual.every((b, i) => b === expected[i])) return;
+  let first = 0;
+  while (first < actual.length && actual[first] === expected[first]) first++;
+  const from = Math.max(0, first - 20);
+  throw new Error(
+    `${what} differs at byte ${first} (got ${actual.length} bytes, want ${expected.length})\n` +
+      `  got:  ${escapeBytes(actual.subarray(from), 80)}\n` +
+      `  want: ${escapeBytes(expected.subarray(from), 80)}`,
+  );
+}
 
 /**
  * A check's verdict "failed", with the reason as its message.

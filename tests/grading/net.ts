@@ -138,6 +138,26 @@ export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
 }
 
 /**
+ * Rejects with a clear message if `promise` has not settled within `ms`.
+ *
+ * @example
+ * ```ts
+ * await withDeadline(fetchSomething(), 2000, "the reply");
+ * ```
+ */
+export async function withDeadline<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`Deadline: ${what} took over ${ms} ms`)), ms);
+  });
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
  * A TCP connection to a program under test, with one difference from
  * `Deno.connect`: once the program has closed its side, `close()` resets
  * the connection (RST) instead of closing it (FIN). A server that closes

@@ -31,7 +31,7 @@ import {
 import { CheckFailure, indexOfBytes } from "./compare.ts";
 import { type Address, portBecomesFree, probeTcp, probeUdp } from "./net.ts";
 import { ProgramProcess } from "./process.ts";
-import { type FixedPort, reserveFixedPort } from "../helpers.ts";
+import { type FixedPort, reserveFixedPort } from "./ports.ts";
 
 /** The outcome of one check. */
 export interface CheckResult {
