@@ -3,7 +3,13 @@
  * port, the configuration, the comparisons and the proxies.
  */
 import assert from "node:assert/strict";
-import { ConfigError, fillTemplate, loadConfig, usesPortPlaceholder } from "./grading/config.ts";
+import {
+  ConfigError,
+  fillTemplate,
+  GRADING_VARIABLES,
+  loadConfig,
+  usesPortPlaceholder,
+} from "./grading/config.ts";
 import { indexOfBytes, outputDiff, replyDiff, replyMatches } from "./grading/compare.ts";
 import { tcpRequest } from "./grading/net.ts";
 import { ProgramProcess, shellQuote } from "./grading/process.ts";
@@ -79,9 +85,10 @@ Deno.test({
     const result = await runner.run(runner.checks[0]);
     assert.ok(performance.now() - started < 3000);
     assert.equal(result.passed, false);
+    // Nothing was sent to it: readiness is read from the kernel's socket tables.
     assert.match(
       result.output,
-      /was not ready within 0\.3 s: it neither answered a probe datagram on port \d+ of 127\.0\.0\.1 or ::1 nor printed a line/,
+      /was not ready: within 0\.3 s no process of it was bound on UDP port \d+/,
     );
     // The other checks do not wait for the deadline again.
     const next = await runner.run(runner.checks[1]);
@@ -91,7 +98,7 @@ Deno.test({
 });
 
 Deno.test({
-  name: "grading harness: without {port}, a fixed port in use is reported, for servers and clients",
+  name: "grading harness: a fixed port held by another program voids the grade, and names it",
   permissions: SUBPROCESS,
   fn: async () => {
     using taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
@@ -99,7 +106,7 @@ Deno.test({
     const env = {
       TCP_SERVER: `python3 ${shellQuote(`${TEXTBOOK}TCPServer.py`)}`,
       TCP_CLIENT: `python3 ${shellQuote(`${TEXTBOOK}TCPClient.py`)}`,
-      GRADE_FIXED_PORT: String(port),
+      GRADE_TCP_PORT: String(port),
     };
     const config = loadConfig({ env });
     for (const role of ["tcp_server", "tcp_client"] as const) {
@@ -107,14 +114,61 @@ Deno.test({
       assert.equal(runner.shared, role === "tcp_server");
       const result = await runner.run(runner.checks[0]);
       assert.equal(result.passed, false);
+      assert.equal(result.void, true);
+      // This test process holds the port: it is named, with its pid.
       assert.match(
         result.output,
-        new RegExp(`^port ${port} \\(TCP\\) is already in use on 127\\.0\\.0\\.1, so `),
+        new RegExp(
+          `^The grade is void: port ${port} \\(TCP\\) is taken by another program: ` +
+            `\\S*deno.* \\(pid ${Deno.pid}\\), so `,
+        ),
       );
       assert.match(result.output, /or put \{port\} in TCP_/);
+      // The other checks are not run: the grade as a whole is void.
+      const next = await runner.run(runner.checks[1]);
+      assert.equal(next.void, true);
+      assert.match(next.output, /^The grade is void: not run: /);
     }
   },
 });
+
+Deno.test({
+  name: "grading harness: a void grade is no score: deno task grade exits 3 and says why",
+  permissions: SUBPROCESS,
+  fn: async () => {
+    const taken = Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port: 0 });
+    try {
+      await gradeWithPortTaken((taken.addr as Deno.NetAddr).port);
+    } finally {
+      taken.close();
+    }
+  },
+});
+
+/** Runs `deno task grade`'s script on the textbook UDP server, its fixed port held by us. */
+async function gradeWithPortTaken(port: number) {
+  const env = Deno.env.toObject();
+  for (const name of GRADING_VARIABLES) delete env[name];
+  const { code, stdout } = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", `${ROOT}tests/grading/grade.ts`, "--output", "-"],
+    cwd: ROOT,
+    clearEnv: true,
+    env: {
+      ...env,
+      NO_COLOR: "1",
+      UDP_SERVER: `python3 ${shellQuote(`${TEXTBOOK}UDPServer.py`)}`,
+      UDP_SERVER_PORT: String(port),
+    },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "null",
+  }).output();
+  assert.equal(code, 3);
+  const json = JSON.parse(new TextDecoder().decode(stdout));
+  assert.deepEqual(json.tests, []);
+  assert.equal(json.score, 0);
+  assert.match(json.output, /The grade is void: port \d+ \(UDP\) is taken by another program/);
+}
 
 Deno.test({
   name: "grading harness: a client without {port} is served on the fixed port (plain and split)",
@@ -159,7 +213,21 @@ Deno.test({
     assert.equal(config.templates.tcp_server, "python3 s.py {host} {port}");
     assert.match(config.templates.udp_client, /udp_client\.ts'? --host \{host\} --port \{port\}/);
     assert.equal(config.clientDeadlineMs, 1500);
-    assert.equal(config.fixedPort, 12000);
+    assert.equal(config.fixedPorts.tcp_server, 12000);
+    // Fixed ports: a role's own variable, else its transport's, else GRADE_FIXED_PORT.
+    const ports = loadConfig({
+      env: { GRADE_FIXED_PORT: "5000", GRADE_UDP_PORT: "6000", TCP_CLIENT_PORT: "7000" },
+    }).fixedPorts;
+    assert.deepEqual(ports, {
+      udp_server: 6000,
+      udp_client: 6000,
+      tcp_server: 5000,
+      tcp_client: 7000,
+    });
+    assert.throws(
+      () => loadConfig({ env: { GRADE_TCP_PORT: "12000.5" } }),
+      /GRADE_TCP_PORT must be a whole number from 1 to 65535, not "12000\.5"/,
+    );
     assert.equal(config.cwd, "/somewhere");
     // Without GRADE_ROLES: all four for deno test, only those given for the grade.
     assert.equal(loadConfig({ env: { TCP_SERVER: "x" } }).roles.length, 4);

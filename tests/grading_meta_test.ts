@@ -7,7 +7,13 @@
  * with the environment variables.
  */
 import assert from "node:assert/strict";
-import { type GradeConfig, loadConfig, type Role, ROLE_ENV } from "./grading/config.ts";
+import {
+  type GradeConfig,
+  GRADING_VARIABLES,
+  loadConfig,
+  type Role,
+  ROLE_ENV,
+} from "./grading/config.ts";
 import { type CheckId, checksFor } from "./grading/checks.ts";
 import { shellQuote } from "./grading/process.ts";
 import { type CheckResult, RoleRunner } from "./grading/runner.ts";
@@ -21,20 +27,42 @@ interface Fixture {
   fails: CheckId[];
   /** Why, in a few words. */
   bug: string;
+  /** What some checks' output must say: the real cause, named. */
+  says?: Partial<Record<CheckId, RegExp>>;
+  /** Its third argument is the port it "hard-codes": a free one, picked by the test. */
+  hardcodesPort?: boolean;
 }
+
+/** Every check of `role`: for fixtures that cannot pass any. */
+const every = (role: Role): CheckId[] => checksFor(role).map((check) => check.id);
 
 const FIXTURES: Fixture[] = [
   {
     file: "udp_server_echo.py",
     role: "udp_server",
     bug: "echoes without uppercasing",
-    fails: ["basic", "mixed", "utf8", "long1k", "long2k", "invalid"],
+    fails: ["basic", "mixed", "utf8", "long1k", "long2k"],
   },
   {
     file: "udp_server_crash_invalid.py",
     role: "udp_server",
     bug: "strict decode() crashes on invalid UTF-8",
     fails: ["invalid"],
+    says: { invalid: /UnicodeDecodeError/ },
+  },
+  {
+    file: "udp_server_one_datagram.py",
+    role: "udp_server",
+    bug: "answers one datagram and exits (no readiness probe may eat it)",
+    fails: ["serves_many"],
+    says: { serves_many: /client 2 of 5 got no reply .*exited with code 0/ },
+  },
+  {
+    file: "udp_server_nul_padding.py",
+    role: "udp_server",
+    bug: "Java/C style: replies padded with NULs to 1024 bytes",
+    fails: ["basic", "mixed", "utf8", "long1k", "long2k"],
+    says: { basic: /the right text, then 1013 NUL byte\(s\).*sizeof\(buffer\)/ },
   },
   {
     file: "tcp_server_ascii_only.py",
@@ -70,7 +98,58 @@ const FIXTURES: Fixture[] = [
     file: "tcp_server_close_before_reply.py",
     role: "tcp_server",
     bug: "closes the connection before replying",
-    fails: ["basic", "mixed", "utf8", "long1k", "long2k", "split", "concurrent", "invalid"],
+    fails: every("tcp_server"),
+    says: { closes: /closed the connection without replying/ },
+  },
+  {
+    file: "tcp_server_java_textbook.py",
+    role: "tcp_server",
+    bug: "Java textbook: iterative, one readLine(), never closes, dies on an empty connection",
+    fails: ["multiline", "closes", "concurrent"],
+    says: {
+      multiline: /^only the first line came back/,
+      closes: /^the reply was right, but the server never closed the connection/,
+    },
+  },
+  {
+    file: "tcp_server_dies_on_empty.py",
+    role: "tcp_server",
+    bug: "dies on a connection closed without a byte (no check sends one)",
+    fails: [],
+  },
+  {
+    file: "tcp_server_never_closes.py",
+    role: "tcp_server",
+    bug: "replies, then loops on end of stream and never closes",
+    fails: ["closes"],
+  },
+  {
+    file: "tcp_server_strips_newlines.py",
+    role: "tcp_server",
+    bug: "' '.join(sentence.split()) turns newlines into spaces",
+    fails: ["multiline"],
+    says: { multiline: /^the lines came back without their newlines/ },
+  },
+  {
+    file: "tcp_server_one_client.py",
+    role: "tcp_server",
+    bug: "serves one client and exits (so it cannot serve a second one at once either)",
+    fails: ["serves_many", "concurrent"],
+    says: { serves_many: /client 2 of 5 got no reply.*exited with code 0/ },
+  },
+  {
+    file: "tcp_server_ready_line_early.py",
+    role: "tcp_server",
+    bug: "prints its ready line 0.2 s before it listens",
+    fails: [],
+  },
+  {
+    file: "tcp_server_ignores_port.py",
+    role: "tcp_server",
+    bug: "listens on a hard-coded port instead of {port}",
+    fails: every("tcp_server"),
+    hardcodesPort: true,
+    says: { basic: /was not ready: it listens on TCP \d+ \(0\.0\.0\.0\), not on port \d+/ },
   },
   {
     file: "udp_client_no_timeout.py",
@@ -85,6 +164,17 @@ const FIXTURES: Fixture[] = [
     fails: ["utf8"],
   },
   {
+    file: "udp_client_python2.py",
+    role: "udp_client",
+    bug: "Python 2 code run by python3: exits before sending",
+    fails: every("udp_client"),
+    says: {
+      basic: /Python 2 code run by python3/,
+      lossy: /^the client never reached the server/,
+      no_reply: /^the client never reached the server/,
+    },
+  },
+  {
     file: "tcp_client_single_read.ts",
     role: "tcp_client",
     bug: "a single 1024-byte read is taken as the reply",
@@ -95,6 +185,16 @@ const FIXTURES: Fixture[] = [
     role: "tcp_client",
     bug: "decodes each recv() separately",
     fails: ["split"],
+  },
+  {
+    file: "tcp_client_unknown_host.py",
+    role: "tcp_client",
+    bug: "a hard-coded server name that does not resolve",
+    fails: every("tcp_client"),
+    says: {
+      basic: /never reached the server[\s\S]*hard-codes its server name/,
+      no_reply: /^the client never reached the server/,
+    },
   },
   // The textbook's programs, as printed: fine for short ASCII and UTF-8
   // sentences, and known to fail the rest.
@@ -122,14 +222,26 @@ const FIXTURES: Fixture[] = [
     bug: "textbook: one recv(1024), no timeout",
     fails: ["long1k", "long2k", "split", "no_reply"],
   },
+  // Correct programs in another language: no false failures.
+  ...(["udp_server", "udp_client", "tcp_server", "tcp_client"] as const).map((role) => ({
+    file: `good/${role}.py`,
+    role,
+    bug: "none: a correct program",
+    fails: [],
+  })),
 ];
 
 /**
  * Fixtures graded at the same time. Most of a fixture's time is spent
- * waiting (for a hung client's deadline, or an iterative server), so all of
- * them at once is quickest.
+ * waiting (for a hung client's deadline, or an iterative server), so many at
+ * once is quickest; but this process runs every proxy and stub, and with all
+ * thirty at once on two cores the split proxy's 5 ms gaps stretched past a
+ * client's 2 s deadline.
  */
-const CONCURRENCY = FIXTURES.length;
+const CONCURRENCY = 12;
+
+/** Checks that wait for a deadline when they fail. */
+const SLOW_WHEN_FAILED: CheckId[] = ["concurrent", "closes", "multiline", "lossy", "no_reply"];
 
 /**
  * The Python interpreter itself: a version manager's `python3` shim (pyenv)
@@ -148,12 +260,13 @@ const PYTHON = await (async () => {
   }
 })();
 
-/** The command template that runs a fixture, with {host} and {port}. */
-function templateFor(file: string, port = "{port}"): string {
+/** The command template that runs a fixture, with {host} and {port} (and more arguments). */
+function templateFor(file: string, { port = "{port}", args = [] as string[] } = {}): string {
   const path = shellQuote(`${ROOT}tests/fixtures/${file}`);
+  const all = ["{host}", port, ...args].join(" ");
   return file.endsWith(".py")
-    ? `${shellQuote(PYTHON)} ${path} {host} ${port}`
-    : `${shellQuote(Deno.execPath())} run --no-prompt --allow-net ${path} {host} ${port}`;
+    ? `${shellQuote(PYTHON)} ${path} ${all}`
+    : `${shellQuote(Deno.execPath())} run --no-prompt --allow-net ${path} ${all}`;
 }
 
 /**
@@ -162,26 +275,35 @@ function templateFor(file: string, port = "{port}"): string {
  */
 const QUICK = { GRADE_CLIENT_DEADLINE: "2", GRADE_READY_DEADLINE: "10" };
 
-function configFor(fixture: Fixture): GradeConfig {
+function configFor(fixture: Fixture, hardcodedPort: number): GradeConfig {
+  const args = fixture.hardcodesPort ? [String(hardcodedPort)] : [];
   return loadConfig({
     env: {
       ...QUICK,
-      [ROLE_ENV[fixture.role]]: templateFor(fixture.file),
+      [ROLE_ENV[fixture.role]]: templateFor(fixture.file, { args }),
       GRADE_ROLES: fixture.role,
     },
   });
 }
 
-/** Runs `work` on every item, at most `limit` at a time, keeping the order. */
+/**
+ * Runs `work` on every item, at most `limit` at a time, the heaviest first
+ * (so that the longest ones do not start last); the results keep the order.
+ */
 async function mapLimited<T, R>(
   items: T[],
-  { limit, work }: { limit: number; work: (item: T) => Promise<R> },
+  { limit, work, weight }: {
+    limit: number;
+    work: (item: T) => Promise<R>;
+    weight: (item: T) => number;
+  },
 ): Promise<R[]> {
   const results: R[] = new Array(items.length);
+  const order = [...items.keys()].sort((a, b) => weight(items[b]) - weight(items[a]));
   let next = 0;
   const worker = async () => {
-    while (next < items.length) {
-      const i = next++;
+    while (next < order.length) {
+      const i = order[next++];
       results[i] = await work(items[i]);
     }
   };
@@ -189,8 +311,8 @@ async function mapLimited<T, R>(
   return results;
 }
 
-/** Asserts that exactly the `expected` checks failed, showing the surprises in full. */
-function assertFails(results: CheckResult[], expected: CheckId[]) {
+/** Asserts that exactly the fixture's checks failed, and said what they must. */
+function assertFails(results: CheckResult[], { fails: expected, says = {} }: Fixture) {
   const failed = results.filter((r) => !r.passed).map((r) => r.id);
   const surprises = results.filter((r) => r.passed === expected.includes(r.id));
   const details = surprises.map((r) =>
@@ -202,6 +324,10 @@ function assertFails(results: CheckResult[], expected: CheckId[]) {
     [...expected].sort(),
     `failed checks differ from the expectation\n${details}`,
   );
+  for (const [id, pattern] of Object.entries(says)) {
+    const result = results.find((r) => r.id === id);
+    assert.match(result?.output ?? "", pattern!, `what the ${id} check says`);
+  }
 }
 
 Deno.test({
@@ -211,17 +337,32 @@ Deno.test({
       const ids = checksFor(fixture.role).map((check) => check.id);
       for (const id of fixture.fails) assert.ok(ids.includes(id), `${fixture.file}: ${id}`);
     }
-    const buggy = FIXTURES.filter((f) => !f.file.startsWith("textbook/"));
+    const buggy = FIXTURES.filter((f) => f.fails.length > 0 && !f.file.startsWith("textbook/"));
     assert.ok(buggy.length >= 8, "at least eight known-buggy fixtures");
+    for (const role of ["udp_server", "udp_client", "tcp_server", "tcp_client"] as const) {
+      assert.ok(FIXTURES.some((f) => f.role === role && f.fails.length === 0), `a good ${role}`);
+    }
   },
 });
+
+/**
+ * The environment for a test's child process: this one's, without the
+ * grading variables an instructor may have set (TCP_SERVER=... would make
+ * the child grade that program too), plus `extra`.
+ */
+function childEnv(extra: Record<string, string>): Record<string, string> {
+  const env = Deno.env.toObject();
+  for (const name of GRADING_VARIABLES) delete env[name];
+  return { ...env, ...extra, NO_COLOR: "1" };
+}
 
 /** Runs deno with `args` in the project folder, with extra environment variables. */
 async function runDeno(args: string[], { env, ms }: { env: Record<string, string>; ms: number }) {
   const child = new Deno.Command(Deno.execPath(), {
     args,
     cwd: ROOT,
-    env: { ...env, NO_COLOR: "1" },
+    clearEnv: true,
+    env: childEnv(env),
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
@@ -261,7 +402,7 @@ function checkJunit({ code, stdout, stderr }: Awaited<ReturnType<typeof runDeno>
   const cases = [
     ...stdout.matchAll(/<testcase name="([^"]*)"[^>]*?(\/>|>([\s\S]*?)<\/testcase>)/g),
   ];
-  assert.equal(cases.length, 6, `six UDP server checks\n${stdout}\n${stderr}`);
+  assert.equal(cases.length, 7, `seven UDP server checks\n${stdout}\n${stderr}`);
   const failed = cases.filter((m) => m[3]?.includes("<failure")).map((m) => m[1]);
   assert.deepEqual(failed, [
     "UDP server: a 3000-byte line (longer than a 2048-byte recv)",
@@ -288,7 +429,7 @@ function runGrade(port: number) {
   ], {
     env: {
       ...QUICK,
-      TCP_SERVER: templateFor("textbook/TCPServer.py", String(port)),
+      TCP_SERVER: templateFor("textbook/TCPServer.py", { port: String(port) }),
       GRADE_FIXED_PORT: String(port),
     },
     ms: 30_000,
@@ -298,8 +439,8 @@ function runGrade(port: number) {
 function checkGrade({ code, stdout, stderr }: Awaited<ReturnType<typeof runDeno>>) {
   assert.equal(code, 0, stderr);
   const json = JSON.parse(stdout);
-  assert.equal(json.tests.length, 8, "only the submitted role is graded");
-  assert.equal(json.score, 3);
+  assert.equal(json.tests.length, 11, "only the submitted role is graded");
+  assert.equal(json.score, 6);
   const failed = json.tests.filter((t: { status: string }) => t.status === "failed")
     .map((t: { tags: string[] }) => t.tags[1]);
   assert.deepEqual(failed, ["long1k", "long2k", "split", "concurrent", "invalid"]);
@@ -307,7 +448,7 @@ function checkGrade({ code, stdout, stderr }: Awaited<ReturnType<typeof runDeno>
     assert.equal(test.max_score, 1);
     assert.equal(typeof test.output, "string");
   }
-  assert.match(stderr, /Score: 3\/8/);
+  assert.match(stderr, /Score: 6\/11/);
 }
 
 /** Asserts a settled promise fulfilled, and checks its value. */
@@ -322,13 +463,21 @@ Deno.test({
   fn: async (t) => {
     using reserved = await reserveFixedPort();
     const fixedPort = reserved.port;
+    using hardcoded = await reserveFixedPort();
     // Everything at once: the fixtures, and the suite run as a grader runs it.
     const [fixtures, junit, grade] = await Promise.allSettled([
       withDeadline(
         mapLimited(FIXTURES, {
           limit: CONCURRENCY,
+          // TCP servers have the most checks; waiting checks cost the most.
+          weight: (fixture) =>
+            checksFor(fixture.role).length +
+            fixture.fails.filter((id) => SLOW_WHEN_FAILED.includes(id)).length * 4,
           work: (fixture) =>
-            new RoleRunner({ role: fixture.role, config: configFor(fixture) }).runAll(),
+            new RoleRunner({
+              role: fixture.role,
+              config: configFor(fixture, hardcoded.port),
+            }).runAll(),
         }),
         60_000,
         "grading every fixture",
@@ -341,7 +490,7 @@ Deno.test({
         ? "every check"
         : fixture.fails.join(", ");
       await t.step(`${fixture.file} (${fixture.bug}) fails ${fails}`, () => {
-        fulfilled(fixtures, (outcomes) => assertFails(outcomes[i], fixture.fails));
+        fulfilled(fixtures, (outcomes) => assertFails(outcomes[i], fixture));
       });
     }
     await t.step("deno test --reporter=junit with UDP_SERVER set grades that program", () => {

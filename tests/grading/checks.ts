@@ -8,15 +8,22 @@
  *
  * @module
  */
-import { escapeBytes, expectedReply, utf8 } from "./compare.ts";
-import { withDeadline } from "./net.ts";
 import { startTcpServer } from "../../tcp_server.ts";
 import { startUdpServer } from "../../udp_server.ts";
 import type { Role } from "./config.ts";
-import { CheckFailure, outputDiff, replyDiff } from "./compare.ts";
-import { type Address, tcpRequest, udpRequest } from "./net.ts";
+import {
+  CheckFailure,
+  escapeBytes,
+  expectedReply,
+  outputDiff,
+  replyDiff,
+  replyMatches,
+  utf8,
+} from "./compare.ts";
+import { type Address, sleep, type TcpEnd, tcpRequest, udpRequest, withDeadline } from "./net.ts";
 import type { ProgramProcess } from "./process.ts";
 import {
+  type Middleman,
   startLossyUdpProxy,
   startSilentTcpServer,
   startSilentUdpServer,
@@ -34,12 +41,19 @@ export type CheckId =
   | "concurrent"
   | "invalid"
   | "lossy"
-  | "no_reply";
+  | "no_reply"
+  | "multiline"
+  | "closes"
+  | "serves_many";
 
 /** Deadline for a server's reply, in ms. */
 const REPLY_MS = 3000;
 /** How long the second client waits while the first stays silent, in ms. */
 const CONCURRENT_MS = 2000;
+/** How long a server gets to close the connection once its reply is complete, in ms. */
+const CLOSE_MS = 1000;
+/** Clients in a row in the serves_many check. */
+const MANY = 5;
 
 /**
  * An ASCII line of exactly `bytes` bytes, all lowercase letters, digits and
@@ -71,6 +85,10 @@ export const SENTENCES: Readonly<Record<CheckId, string>> = {
   invalid: "still serving?",
   lossy: "lost and found",
   no_reply: "anyone there?",
+  // As `nc` sends a file: several lines in one stream, each ending in "\n".
+  multiline: "first line\nsecond line\nthird line\n",
+  closes: "close when done",
+  serves_many: "client 1 of 5",
 };
 
 /** Invalid UTF-8: 0xff and 0xfe never occur, 0xc3 needs a continuation byte. */
@@ -97,6 +115,8 @@ export interface ClientRun {
   exitedOnItsOwn: boolean;
   /** Milliseconds from start to exit (or to the reply, or the deadline). */
   ms: number;
+  /** The port the client was given. */
+  port: number;
   /** The (stopped) program, for its output and exit status. */
   program: ProgramProcess;
 }
@@ -149,6 +169,10 @@ const TITLES: Readonly<Record<CheckId, string>> = {
   invalid: "invalid UTF-8: the server survives and keeps serving",
   lossy: "lossy UDP path (seeded): the client retries or times out, never hangs",
   no_reply: "a server that never replies: the client gives up on its own, never hangs",
+  multiline: "several lines in one stream (as nc sends a file): all of them come back",
+  closes: "the server closes the connection after its reply (a client reading to the end " +
+    "must not hang)",
+  serves_many: "five clients in a row are all served by the same server process",
 };
 
 // ---------------------------------------------------------------------------
@@ -160,15 +184,32 @@ interface Reply {
   data: Uint8Array;
   /** Why the reply may be incomplete, if anything went wrong. */
   problem?: string;
+  /** How a TCP reply ended ("eof", "settled", ...); "reply" or "none" for UDP. */
+  end: TcpEnd | "reply" | "none";
 }
 
-/** Sends `data` to the server under test (or to `address`) and waits for the reply. */
+/** Options for {@linkcode request}. */
+interface RequestOptions {
+  /** Deadline for the reply; default {@linkcode REPLY_MS}. */
+  ms?: number;
+  /** Where to send it; default the server under test. */
+  address?: Address;
+  /** For TCP: how long to wait once the reply is complete (or wrong); default 150. */
+  settleMs?: number;
+}
+
+/**
+ * Sends `data` to the server under test (or to `address`) and waits for the
+ * reply. Over TCP it stops waiting shortly after the reply is complete, or
+ * already wrong, whether or not the server closes the connection: closing
+ * is the `closes` check's business.
+ */
 async function request(
   context: ServerContext,
   data: Uint8Array,
-  options: { ms?: number; address?: Address } = {},
+  options: RequestOptions = {},
 ): Promise<Reply> {
-  const { ms = REPLY_MS, address = context.address } = options;
+  const { ms = REPLY_MS, address = context.address, settleMs } = options;
   const signal = context.serverExited;
   if (context.transport === "tcp") {
     const outcome = await tcpRequest({
@@ -177,15 +218,17 @@ async function request(
       ms,
       signal,
       halfCloseDelayMs: context.halfCloseDelayMs,
+      expect: expectedReply(data),
+      settleMs,
     });
-    return { data: outcome.data, problem: outcome.problem };
+    return { data: outcome.data, problem: outcome.problem, end: outcome.end };
   }
   const outcome = await udpRequest({ address, data, ms, signal });
-  if (outcome.reply) return { data: outcome.reply };
+  if (outcome.reply) return { data: outcome.reply, end: "reply" };
   const problem = outcome.end === "aborted"
     ? "the server exited instead of replying"
     : `no reply datagram within ${ms} ms`;
-  return { data: new Uint8Array(0), problem };
+  return { data: new Uint8Array(0), problem, end: "none" };
 }
 
 /** Throws unless `reply` is the uppercased `request`; else returns a pass note. */
@@ -295,7 +338,7 @@ const concurrentCheck: ServerCheck = {
   },
 };
 
-/** The invalid UTF-8 check of a server. */
+/** The invalid UTF-8 check of a server: survival is judged, not the bytes of the replies. */
 function invalidCheck(transport: "tcp" | "udp"): ServerCheck {
   return {
     side: "server",
@@ -309,25 +352,116 @@ function invalidCheck(transport: "tcp" | "udp"): ServerCheck {
       const answer = first.data.length > 0
         ? `it answered the invalid bytes with ${escapeBytes(first.data, 60)}`
         : `it did not answer the invalid bytes (${first.problem ?? "it closed the connection"})`;
-      if (context.serverExited.aborted) {
-        throw new CheckFailure(
-          `the server ${context.server.describeExit()} after receiving invalid UTF-8 ` +
-            `(${escapeBytes(INVALID)}): ${answer}`,
-        );
+      const next = await request(context, utf8(SENTENCES.invalid), {
+        ms: transport === "tcp" ? REPLY_MS : 1000,
+      });
+      // Survival: the next request got an answer. Whether that answer is
+      // right is the sentence checks' business (a NUL-padded one counts).
+      if (next.data.length > 0) {
+        return `the server kept serving: the next request got a reply ` +
+          `(${next.data.length} bytes); ${answer}`;
       }
-      const data = utf8(SENTENCES.invalid);
-      const reply = await request(context, data);
-      try {
-        return expectUppercase(reply, data, { note: answer });
-      } catch (error) {
-        throw new CheckFailure(
-          `after invalid UTF-8 (${escapeBytes(INVALID)}) the next request was not served:\n` +
-            (error as Error).message,
-        );
+      const server = context.server;
+      await server.waitUntil(() => !server.running, 300);
+      if (first.data.length > 0 && server.status?.code === 0 && !server.status.signal) {
+        // It answered, then ended normally: not this check's bug.
+        return `${answer}, then exited with code 0 without a crash (a server that stops ` +
+          "after one client fails serves_many, not this check)";
       }
+      const exit = server.running ? "" : `; the server ${server.describeExit()}`;
+      throw new CheckFailure(
+        `after invalid UTF-8 (${escapeBytes(INVALID)}) the next request got no reply ` +
+          `(${next.problem ?? "the connection closed without a reply"})${exit}\n${answer}`,
+      );
     },
   };
 }
+
+/** The multi-line check of a TCP server: newlines are bytes like any other. */
+const multilineCheck: ServerCheck = {
+  side: "server",
+  id: "multiline",
+  title: TITLES.multiline,
+  hint: "Uppercase the whole request, newlines included, and send all of it back: `nc` sends " +
+    "a file's lines in one stream. Reading one line (readLine()) per connection answers " +
+    "only the first; strip() or split() loses the newlines.",
+  run: async (context) => {
+    const data = utf8(SENTENCES.multiline);
+    const reply = await request(context, data);
+    const expected = expectedReply(data);
+    if (replyMatches(reply.data, expected)) {
+      return `the reply matched (${reply.data.length} bytes, 3 lines)`;
+    }
+    const lines = SENTENCES.multiline.toUpperCase().split("\n").filter(Boolean);
+    const why = replyMatches(reply.data, utf8(`${lines[0]}\n`))
+      ? "only the first line came back: the server reads one line per connection"
+      : [lines.join(""), lines.join(" ")].some((joined) => replyMatches(reply.data, utf8(joined)))
+      ? "the lines came back without their newlines"
+      : undefined;
+    const diff = replyDiff(reply.data, expected);
+    throw new CheckFailure([why, diff, reply.problem].filter(Boolean).join("\n"));
+  },
+};
+
+/** How the `closes` check describes a reply that ended without the server's close. */
+function neverClosed(reply: Reply, expected: Uint8Array): string {
+  if (reply.end !== "settled") {
+    return `the server neither finished its reply nor closed the connection within ` +
+      `${REPLY_MS / 1000} s (${reply.problem})`;
+  }
+  const waited = `(waited ${CLOSE_MS / 1000} s after the last byte of the reply)`;
+  return replyMatches(reply.data, expected)
+    ? `the reply was right, but the server never closed the connection ${waited}: a client ` +
+      "that reads to the end of the stream, like `nc -N` or this project's client, hangs"
+    : `the server never closed the connection ${waited}; the reply was not the expected one ` +
+      "either (see the sentence checks)";
+}
+
+/** The `closes` check: after its reply, a TCP server closes the connection. */
+const closesCheck: ServerCheck = {
+  side: "server",
+  id: "closes",
+  title: TITLES.closes,
+  hint: "Close the connection socket once the reply is sent (connectionSocket.close()), also " +
+    "when the client has closed its side; in Java, close it (or use try-with-resources). " +
+    "On end of stream (recv() returns b'', read() returns -1, readLine() null) stop reading.",
+  run: async (context) => {
+    const data = utf8(SENTENCES.closes);
+    const reply = await request(context, data, { settleMs: CLOSE_MS });
+    if (reply.end === "eof") {
+      if (reply.data.length > 0) return `the server closed the connection after its reply`;
+      throw new CheckFailure("the server closed the connection without replying");
+    }
+    throw new CheckFailure(neverClosed(reply, expectedReply(data)));
+  },
+};
+
+/** The `serves_many` check: one process serves client after client. */
+const servesManyCheck: ServerCheck = {
+  side: "server",
+  id: "serves_many",
+  title: TITLES.serves_many,
+  hint: "A server serves clients forever: keep accept() (or recvfrom()) and the reply in a " +
+    "`while True:` loop, and do not exit or close the welcoming socket after one client.",
+  run: async (context) => {
+    for (let i = 1; i <= MANY; i++) {
+      const reply = await request(context, utf8(`client ${i} of ${MANY}`), {
+        ms: context.transport === "udp" ? 1000 : REPLY_MS,
+      });
+      if (reply.data.length > 0) continue;
+      const served = i === 1 ? "" : `; the ${i - 1} before it were answered`;
+      const server = context.server;
+      await server.waitUntil(() => !server.running, 300);
+      const exit = server.running ? "" : `, and the server ${server.describeExit()}`;
+      throw new CheckFailure(
+        `client ${i} of ${MANY} got no reply (${
+          reply.problem ?? "the connection closed without a reply"
+        })${served}${exit}`,
+      );
+    }
+    return `${MANY} clients in a row were answered by the same process`;
+  },
+};
 
 // ---------------------------------------------------------------------------
 // Client checks
@@ -335,19 +469,26 @@ function invalidCheck(transport: "tcp" | "udp"): ServerCheck {
 
 /**
  * Runs this project's own server in-process on `port` (both loopback
- * addresses) for the duration of `body`.
+ * addresses) for the duration of `body`, which gets the port and a count of
+ * the server's log lines: none means no client ever reached it.
  */
 async function withOurServer<T>(
   { transport, port }: { transport: "tcp" | "udp"; port: number },
-  body: (port: number) => Promise<T>,
+  body: (port: number, traffic: () => number) => Promise<T>,
 ): Promise<T> {
   const controller = new AbortController();
-  const options = { hostname: "localhost", port, log: () => {}, signal: controller.signal };
+  let lines = 0;
+  const options = {
+    hostname: "localhost",
+    port,
+    log: () => void lines++,
+    signal: controller.signal,
+  };
   const server = transport === "tcp"
     ? await startTcpServer({ ...options, shutdownGrace: 1, idleTimeout: 30 })
     : await startUdpServer(options);
   try {
-    return await body(server.addrs[0].port);
+    return await body(server.addrs[0].port, () => lines);
   } finally {
     controller.abort();
     await withDeadline(server.finished, 5000, "this project's server to shut down");
@@ -361,16 +502,25 @@ function howItEnded(run: ClientRun, deadlineMs: number): string {
     : `the client was still running after ${deadlineMs / 1000} s and was killed`;
 }
 
+/** "the client never reached the server: ..." for a client that sent nothing. */
+function neverReached(run: ClientRun, transport: "tcp" | "udp"): string {
+  const what = transport === "tcp" ? "no connection with a request" : "no datagram";
+  return `the client never reached the server: ${what} arrived on port ${run.port} of ` +
+    "127.0.0.1 or ::1, where it was told to send (is its server name or port hard-coded?)";
+}
+
 /**
  * Runs the client with `sentence` and throws unless its stdout has the
  * reply; `describe` adds a note about what happened (read after the run).
  */
 async function expectClientPrints(
   context: ClientContext,
-  { port, sentence, describe = () => "" }: {
+  { port, sentence, describe = () => "", traffic }: {
     port: number;
     sentence: string;
     describe?: () => string;
+    /** How much reached the server; checked when the reply is missing. */
+    traffic: () => number;
   },
 ): Promise<string> {
   const expect = expectedReply(utf8(sentence));
@@ -380,11 +530,14 @@ async function expectClientPrints(
     return `the reply appeared in the client's output (${expect.length} bytes)` +
       (note ? `; ${note}` : "");
   }
+  // The server logs a connection when it closes: give that a moment.
+  for (let i = 0; i < 10 && traffic() === 0; i++) await sleep(20);
   const lines = [
     "the client's output does not contain the expected reply",
     outputDiff(run.program.stdoutBytes(), expect),
     howItEnded(run, context.deadlineMs),
   ];
+  if (traffic() === 0) lines.push(neverReached(run, context.transport));
   if (note) lines.push(note);
   throw new CheckFailure(lines.join("\n"));
 }
@@ -399,7 +552,7 @@ function clientSentenceCheck(id: CheckId, hint: string): ClientCheck {
     run: (context) =>
       withOurServer(
         { transport: context.transport, port: context.listenPort },
-        (port) => expectClientPrints(context, { port, sentence: SENTENCES[id] }),
+        (port, traffic) => expectClientPrints(context, { port, sentence: SENTENCES[id], traffic }),
       ),
   };
 }
@@ -445,12 +598,26 @@ const splitClientCheck: ClientCheck = {
           port: proxy.port,
           sentence: SENTENCES.split,
           describe: proxy.stats,
+          traffic: proxy.requests,
         });
       } finally {
         await proxy.close();
       }
     }),
 };
+
+/**
+ * A robustness check of a client counts only if the client sent its request:
+ * a client that crashed first (a compile error, Python 2 code run by
+ * python3, an unknown host name) has shown nothing about timeouts.
+ */
+function requireRequest(run: ClientRun, middleman: Middleman, context: ClientContext) {
+  if (middleman.requests() > 0) return;
+  throw new CheckFailure(
+    `${neverReached(run, context.transport)}, so this check shows nothing about how it ` +
+      `handles a missing reply; ${howItEnded(run, context.deadlineMs)}\n${middleman.stats()}`,
+  );
+}
 
 const lossyCheck: ClientCheck = {
   side: "client",
@@ -475,6 +642,7 @@ const lossyCheck: ClientCheck = {
           expect,
         });
         if (run.found) return `the reply got through after retries; ${proxy.stats()}`;
+        requireRequest(run, proxy, context);
         if (run.exitedOnItsOwn) {
           return `no reply got through, and ${howItEnded(run, context.deadlineMs)}, ` +
             `which is a clean timeout; ${proxy.stats()}`;
@@ -509,6 +677,7 @@ function noReplyCheck(transport: "tcp" | "udp"): ClientCheck {
           port: stub.port,
           input: `${SENTENCES.no_reply}\n`,
         });
+        requireRequest(run, stub, context);
         if (run.exitedOnItsOwn) return `${howItEnded(run, context.deadlineMs)}; ${stub.stats()}`;
         throw new CheckFailure(`${howItEnded(run, context.deadlineMs)}\n${stub.stats()}`);
       } finally {
@@ -519,21 +688,30 @@ function noReplyCheck(transport: "tcp" | "udp"): ClientCheck {
 }
 
 /**
- * The checks for `role`, in the order they run. For a server the invalid
- * UTF-8 check runs last: it is the one most likely to crash the server.
+ * The checks for `role`, in the order they run. For a server the checks
+ * most likely to crash it run last: the concurrency check (closing its
+ * silent client ends a readLine() with null) and invalid UTF-8.
  *
  * @example
  * ```ts
- * checksFor("tcp_server").map((check) => check.id);
- * // ["basic", "mixed", "utf8", "long1k", "long2k", "split", "concurrent", "invalid"]
+ * checksFor("udp_server").map((check) => check.id);
+ * // ["basic", "mixed", "utf8", "long1k", "long2k", "serves_many", "invalid"]
  * ```
  */
 export function checksFor(role: Role): Check[] {
   switch (role) {
     case "tcp_server":
-      return [...serverBasics("tcp"), splitServerCheck, concurrentCheck, invalidCheck("tcp")];
+      return [
+        ...serverBasics("tcp"),
+        splitServerCheck,
+        multilineCheck,
+        closesCheck,
+        servesManyCheck,
+        concurrentCheck,
+        invalidCheck("tcp"),
+      ];
     case "udp_server":
-      return [...serverBasics("udp"), invalidCheck("udp")];
+      return [...serverBasics("udp"), servesManyCheck, invalidCheck("udp")];
     case "tcp_client":
       return [...clientBasics("tcp"), splitClientCheck, noReplyCheck("tcp")];
     case "udp_client":

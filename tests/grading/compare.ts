@@ -80,28 +80,85 @@ export class CheckFailure extends Error {
   }
 }
 
+/** How a reply compares with the expected one so far. */
+export type ReplyState = "prefix" | "match" | "wrong";
+
 /**
- * Whether a server's reply is the expected one. One trailing line end
- * ("\n" or "\r\n") is tolerated: line-based servers (Java's readLine and
- * println, for example) add one.
+ * Compares a reply with the expected bytes as it arrives, looking at each
+ * byte once: "prefix" while it could still become the expected reply,
+ * "match" once it is the expected reply (see {@linkcode replyMatches}),
+ * "wrong" once it cannot be any more. A request's checks stop waiting soon
+ * after the state leaves "prefix", so that a server that never closes its
+ * connection costs one check, not the deadline of every check.
+ *
+ * @example
+ * ```ts
+ * const watcher = new ReplyWatcher(utf8("HI"));
+ * watcher.push(utf8("H")); // watcher.state: "prefix"
+ * watcher.push(utf8("I\n")); // watcher.state: "match"
+ * ```
+ */
+export class ReplyWatcher {
+  readonly expected: Uint8Array;
+  #length = 0;
+  #wrong = false;
+  /** The bytes after the expected reply (at most 3 are kept). */
+  #tail: number[] = [];
+
+  constructor(expected: Uint8Array) {
+    this.expected = expected;
+  }
+
+  /** Takes the next piece of the reply. */
+  push(chunk: Uint8Array) {
+    const expected = this.expected;
+    for (const byte of chunk) {
+      if (this.#wrong) break;
+      if (this.#length < expected.length) {
+        if (byte !== expected[this.#length]) this.#wrong = true;
+      } else if (this.#tail.length < 3) {
+        this.#tail.push(byte);
+      }
+      this.#length++;
+    }
+    if (!this.#wrong && this.#tail.length > 0) {
+      const tail = String.fromCharCode(...this.#tail);
+      this.#wrong = !(tail === "\n" || tail === "\r" || tail === "\r\n");
+    }
+  }
+
+  /** See {@linkcode ReplyState}. */
+  get state(): ReplyState {
+    if (this.#wrong) return "wrong";
+    if (this.#length < this.expected.length) return "prefix";
+    return this.#tail.length === 1 && this.#tail[0] === 0x0d ? "prefix" : "match";
+  }
+}
+
+/**
+ * Whether a server's reply is the expected one. One line end more at the
+ * end ("\n" or "\r\n": Java's readLine() and println servers add one) or,
+ * when the request ended with a newline, one "\n" less is tolerated.
  *
  * @example
  * ```ts
  * replyMatches(utf8("HI\n"), utf8("HI")); // true
+ * replyMatches(utf8("A\nB"), utf8("A\nB\n")); // true
  * ```
  */
 export function replyMatches(actual: Uint8Array, expected: Uint8Array): boolean {
-  const same = (length: number) =>
-    actual.length === length && expected.every((byte, i) => actual[i] === byte);
-  const tail = actual.subarray(expected.length);
-  return same(expected.length) ||
-    (same(expected.length + 1) && tail[0] === 0x0a) ||
-    (same(expected.length + 2) && tail[0] === 0x0d && tail[1] === 0x0a);
+  const watcher = new ReplyWatcher(expected);
+  watcher.push(actual);
+  if (watcher.state === "match") return true;
+  const last = expected.length - 1;
+  return last >= 0 && expected[last] === 0x0a && actual.length === last &&
+    expected.subarray(0, last).every((byte, i) => actual[i] === byte);
 }
 
 /**
  * The escaped diff between a reply and the expected bytes, or undefined if
- * they match (see {@linkcode replyMatches}).
+ * they match (see {@linkcode replyMatches}). A reply padded with NUL bytes
+ * gets its own diagnosis: the text is right, the length is not.
  *
  * @example
  * ```ts
@@ -111,12 +168,31 @@ export function replyMatches(actual: Uint8Array, expected: Uint8Array): boolean 
  */
 export function replyDiff(actual: Uint8Array, expected: Uint8Array): string | undefined {
   if (replyMatches(actual, expected)) return undefined;
+  const padding = nulPadding(actual, expected);
+  if (padding !== undefined) return padding;
   try {
     assertBytes(actual, expected, "the reply");
   } catch (error) {
     return (error as Error).message;
   }
   return undefined;
+}
+
+/**
+ * The diagnosis of a reply that is the expected one followed by NUL bytes
+ * (and perhaps a line end among them), or undefined if it is not one.
+ */
+function nulPadding(actual: Uint8Array, expected: Uint8Array): string | undefined {
+  let end = actual.length;
+  while (end > 0 && actual[end - 1] === 0) end--;
+  const nuls = actual.length - end;
+  if (nuls === 0 || !replyMatches(actual.subarray(0, end), expected)) return undefined;
+  return `the reply has the right text, then ${nuls} NUL byte(s) (\\x00) after it ` +
+    `(got ${actual.length} bytes, want ${expected.length}): the program sends its whole ` +
+    "buffer instead of the reply's length. In C: send strlen(reply) bytes, not " +
+    "sizeof(buffer) (or strlen + 1); in Java: build the text from the bytes received, " +
+    "new String(packet.getData(), 0, packet.getLength()), not from the whole 1024-byte " +
+    "array; in Python: send only the reply, not a fixed-size bytearray";
 }
 
 /**

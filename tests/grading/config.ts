@@ -4,8 +4,9 @@
  * Each of the four roles runs a command template: this project's own program
  * by default, or the program given in `UDP_SERVER`, `UDP_CLIENT`,
  * `TCP_SERVER` or `TCP_CLIENT`. `{host}` and `{port}` are filled in by the
- * harness; a template without `{port}` uses the fixed port (12000, as in the
- * textbook) on localhost.
+ * harness; a template without `{port}` uses its role's fixed port (12000, as
+ * in the textbook, unless `TCP_SERVER_PORT`, `GRADE_TCP_PORT`... say
+ * otherwise) on localhost.
  *
  * @module
  */
@@ -48,11 +49,20 @@ export interface GradeConfig {
   templates: Record<Role, string>;
   /** Which roles run a program given in the environment (the others run this project's). */
   submitted: Role[];
-  /** The port a template without `{port}` uses (`GRADE_FIXED_PORT`, default 12000). */
-  fixedPort: number;
+  /**
+   * The port each role's program uses when its template has no `{port}`:
+   * `TCP_SERVER_PORT` (and so on for each role), else `GRADE_TCP_PORT` or
+   * `GRADE_UDP_PORT`, else `GRADE_FIXED_PORT`, else 12000.
+   */
+  fixedPorts: Record<Role, number>;
   /** Milliseconds a server gets to become ready (`GRADE_READY_DEADLINE` seconds, default 5). */
   readyDeadlineMs: number;
-  /** Milliseconds a client gets to answer or give up (`GRADE_CLIENT_DEADLINE` seconds, default 5). */
+  /**
+   * Milliseconds a client gets to print the reply or to give up when none
+   * comes (`GRADE_CLIENT_DEADLINE` seconds, default 10: real clients often
+   * wait 5 s before they give up). A client that prints the reply is not
+   * waited for.
+   */
   clientDeadlineMs: number;
   /** Folder the templates run in: where the command was started (`INIT_CWD` under deno task). */
   cwd: string;
@@ -158,13 +168,56 @@ export function loadConfig(options: LoadConfigOptions = {}): GradeConfig {
     roles,
     templates,
     submitted,
-    fixedPort: readNumber(env, "GRADE_FIXED_PORT", { fallback: 12000, min: 1, max: 65535 }),
+    fixedPorts: readFixedPorts(env),
     readyDeadlineMs: 1000 *
       readNumber(env, "GRADE_READY_DEADLINE", { fallback: 5, min: 0.1, max: 600 }),
     clientDeadlineMs: 1000 *
-      readNumber(env, "GRADE_CLIENT_DEADLINE", { fallback: 5, min: 0.1, max: 600 }),
+      readNumber(env, "GRADE_CLIENT_DEADLINE", { fallback: 10, min: 0.1, max: 600 }),
     cwd: env.INIT_CWD || Deno.cwd(),
   };
+}
+
+/** The variable that sets one role's fixed port: `TCP_SERVER_PORT`, ... */
+export function portVariable(role: Role): string {
+  return `${ROLE_ENV[role]}_PORT`;
+}
+
+/** The variable that sets the fixed port of one transport: `GRADE_TCP_PORT` or `GRADE_UDP_PORT`. */
+export function transportPortVariable(role: Role): string {
+  return `GRADE_${role.startsWith("tcp") ? "TCP" : "UDP"}_PORT`;
+}
+
+/**
+ * Every environment variable the grading kit reads. The kit's own tests
+ * remove them from the environment of the programs they start, so that an
+ * instructor's `TCP_SERVER=...` does not leak into a test of the kit.
+ *
+ * @example
+ * ```ts
+ * GRADING_VARIABLES.includes("TCP_SERVER"); // true
+ * ```
+ */
+export const GRADING_VARIABLES: readonly string[] = [
+  ...ROLES.map((role) => ROLE_ENV[role]),
+  ...ROLES.map(portVariable),
+  "GRADE_TCP_PORT",
+  "GRADE_UDP_PORT",
+  "GRADE_FIXED_PORT",
+  "GRADE_ROLES",
+  "GRADE_READY_DEADLINE",
+  "GRADE_CLIENT_DEADLINE",
+  "GRADE_RESULTS",
+];
+
+function readFixedPorts(env: Record<string, string | undefined>): Record<Role, number> {
+  const range = { min: 1, max: 65535, whole: true };
+  const common = readNumber(env, "GRADE_FIXED_PORT", { fallback: 12000, ...range });
+  const ports = {} as Record<Role, number>;
+  for (const role of ROLES) {
+    const transport = readNumber(env, transportPortVariable(role), { fallback: common, ...range });
+    ports[role] = readNumber(env, portVariable(role), { fallback: transport, ...range });
+  }
+  return ports;
 }
 
 /** `tcp_server,UDP_CLIENT` -> the roles, in the suite's order. */
@@ -186,13 +239,20 @@ function parseRoles(text: string): Role[] {
 function readNumber(
   env: Record<string, string | undefined>,
   name: string,
-  { fallback, min, max }: { fallback: number; min: number; max: number },
+  { fallback, min, max, whole = false }: {
+    fallback: number;
+    min: number;
+    max: number;
+    whole?: boolean;
+  },
 ): number {
   const text = env[name]?.trim();
   if (!text) return fallback;
   const value = Number(text);
-  if (!/^\d+(\.\d+)?$/.test(text) || value < min || value > max) {
-    throw new ConfigError(`${name} must be a number from ${min} to ${max}, not "${text}"`);
+  const pattern = whole ? /^\d+$/ : /^\d+(\.\d+)?$/;
+  if (!pattern.test(text) || value < min || value > max) {
+    const kind = whole ? "a whole number" : "a number";
+    throw new ConfigError(`${name} must be ${kind} from ${min} to ${max}, not "${text}"`);
   }
   return value;
 }

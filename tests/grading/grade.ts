@@ -2,7 +2,9 @@
  * `deno task grade`: runs the grading checks and writes a Gradescope-style
  * results.json (one test per check, with its score, max score and output).
  * It exits 0 whatever the grade, as autograder runners expect: the grade is
- * in the file, not in the exit code.
+ * in the file, not in the exit code. The one exception is a void grade
+ * (exit 3): the submission could not be graded fairly (another program held
+ * its fixed port), and results.json says why instead of giving a score.
  *
  * The same environment variables as the test suite select the programs:
  * UDP_SERVER, UDP_CLIENT, TCP_SERVER, TCP_CLIENT (command templates with
@@ -97,11 +99,11 @@ function describeRoles(config: GradeConfig): string {
 }
 
 /** A results.json that reports a setup problem instead of a grade. */
-function setupFailure(message: string): GradescopeResults {
+function setupFailure(message: string, seconds = 0): GradescopeResults {
   return {
     score: 0,
-    execution_time: 0,
-    output: `The grading could not run: ${message}`,
+    execution_time: Math.round(seconds * 10) / 10,
+    output: message,
     output_format: "text",
     test_output_format: "text",
     stdout_visibility: "visible",
@@ -114,7 +116,8 @@ const USAGE = `Usage: deno task grade [--output PATH]
 
 Runs the grading checks on the programs named by UDP_SERVER, UDP_CLIENT,
 TCP_SERVER and TCP_CLIENT (command templates; {host} and {port} are filled in)
-and writes a Gradescope-style results.json. Exits 0 whatever the grade.
+and writes a Gradescope-style results.json. Exits 0 whatever the grade;
+3 if the grade is void (another program held a fixed port: grade again).
 
 Options:
   --output PATH   where to write the results (default: $GRADE_RESULTS, or
@@ -126,8 +129,8 @@ GRADE_CLIENT_DEADLINE (see the README, "Grading student submissions").`;
 
 /**
  * Runs the grade from the command line and resolves to the exit code: 0
- * once results.json is written (whatever the grade), 1 if it cannot be
- * written, 2 for a usage error.
+ * once results.json is written (whatever the grade), 3 if the grade is void
+ * (results.json says why), 1 if it cannot be written, 2 for a usage error.
  *
  * @example
  * ```ts
@@ -163,23 +166,33 @@ export async function main(args: string[]): Promise<number> {
 
   const started = performance.now();
   let json: GradescopeResults;
+  let code = 0;
   try {
     const config = loadConfig({ env, onlySubmitted: true });
     say(describeRoles(config));
     const results = await runRoles(config);
     for (const result of results) printResult(result, say);
-    json = toGradescope(results, { config, seconds: (performance.now() - started) / 1000 });
-    say(`Score: ${json.score}/${json.tests.length}`);
+    const seconds = (performance.now() - started) / 1000;
+    const voided = results.find((result) => result.void);
+    if (voided) {
+      // No score at all: a zero would look like the student's.
+      json = setupFailure(`${describeRoles(config)}\n${voided.output}`, seconds);
+      say("No score: the grade is void (see above); fix that and grade again.");
+      code = 3;
+    } else {
+      json = toGradescope(results, { config, seconds });
+      say(`Score: ${json.score}/${json.tests.length}`);
+    }
   } catch (error) {
     if (!(error instanceof ConfigError)) throw error;
     say(`error: ${error.message}`);
-    json = setupFailure(error.message);
+    json = setupFailure(`The grading could not run: ${error.message}`);
   }
 
   const text = JSON.stringify(json, null, 2) + "\n";
   if (toStdout) {
     console.log(text.trimEnd());
-    return 0;
+    return code;
   }
   const path = isAbsolute(target) ? target : resolve(base, target);
   try {
@@ -190,13 +203,16 @@ export async function main(args: string[]): Promise<number> {
     return 1;
   }
   say(`Wrote ${path}`);
-  return 0;
+  return code;
 }
 
 function printResult(result: CheckResult, say: (...data: unknown[]) => void) {
   const seconds = (result.ms / 1000).toFixed(1);
   if (result.passed) {
     say(`%c✓%c ${result.name} (${seconds} s)`, "color: green", "");
+  } else if (result.void) {
+    say(`%c⊘%c ${result.name} (${seconds} s): not graded`, "color: yellow", "");
+    say(result.output.replace(/^/gm, "    "));
   } else {
     say(`%c✗%c ${result.name} (${seconds} s)`, "color: red", "");
     say(result.output.replace(/^/gm, "    "));

@@ -8,6 +8,7 @@
  */
 
 import net from "node:net";
+import { ReplyWatcher } from "./compare.ts";
 
 /** Where a server listens. */
 export interface Address {
@@ -266,9 +267,12 @@ export class ResettingConn {
     });
   }
 
-  /** Closes: with a reset if the peer has closed its side, else normally. Waits for the close. */
-  async close(): Promise<void> {
-    if (this.#ended) this.#socket.resetAndDestroy();
+  /**
+   * Closes: with a reset if the peer has closed its side (or `reset` is
+   * set), else normally. Waits for the close.
+   */
+  async close({ reset = false } = {}): Promise<void> {
+    if (this.#ended || reset) this.#socket.resetAndDestroy();
     else this.#socket.destroy();
     await this.#closed;
   }
@@ -280,18 +284,32 @@ function isCode(error: unknown, ...codes: string[]): boolean {
 }
 
 /** How a TCP request ended. */
-export type TcpEnd = "eof" | "timeout" | "aborted" | "reset" | "refused" | "error";
+export type TcpEnd =
+  | "eof"
+  | "settled"
+  | "timeout"
+  | "aborted"
+  | "reset"
+  | "refused"
+  | "error";
 
 /** What a TCP request got back. */
 export interface TcpOutcome {
   /** Every byte of the reply that arrived. */
   data: Uint8Array;
-  /** How the reply ended: "eof" is the normal end (the server closed its side). */
+  /**
+   * How the reply ended: "eof" is the normal end (the server closed its
+   * side); "settled" means the reply was complete (or already wrong) and the
+   * server had not closed the connection `settleMs` later (or the reply
+   * stopped halfway, and nothing came for a second).
+   */
   end: TcpEnd;
-  /** A sentence about anything that went wrong, reading or writing. */
+  /** A sentence about anything that went wrong, reading or writing; none for "settled". */
   problem?: string;
   /** Milliseconds from connect to the end. */
   ms: number;
+  /** Milliseconds from connect until the reply was complete or wrong, if it got there. */
+  settledAtMs?: number;
 }
 
 /** Options for {@linkcode tcpRequest}. */
@@ -311,12 +329,23 @@ export interface TcpRequestOptions {
    * our end of stream first, and closes second.
    */
   halfCloseDelayMs?: number;
+  /**
+   * The expected reply. Once the reply is complete, or already wrong, the
+   * request waits only `settleMs` more for the rest (extra bytes, the
+   * server's close), then ends as "settled" and resets the connection, which
+   * also ends a server thread that would spin on it. A reply that stops
+   * halfway settles after a second of silence.
+   */
+  expect?: Uint8Array;
+  /** See `expect`; default 150. */
+  settleMs?: number;
 }
 
 /**
  * Connects, writes the request, half-closes, and reads the reply until the
- * server closes its side, the deadline passes or `signal` aborts. Never
- * throws for network errors: the outcome says what happened.
+ * server closes its side, the reply has settled (see `expect`), the deadline
+ * passes or `signal` aborts. Never throws for network errors: the outcome
+ * says what happened.
  *
  * @example
  * ```ts
@@ -329,7 +358,7 @@ export interface TcpRequestOptions {
  * ```
  */
 export async function tcpRequest(options: TcpRequestOptions): Promise<TcpOutcome> {
-  const { address, chunks, ms, signal, halfCloseDelayMs = 0 } = options;
+  const { address, chunks, ms, signal, halfCloseDelayMs = 0, expect, settleMs = 150 } = options;
   const started = performance.now();
   const stop = new AbortController();
   let why: TcpEnd | undefined;
@@ -338,7 +367,15 @@ export async function tcpRequest(options: TcpRequestOptions): Promise<TcpOutcome
     stop.abort();
   };
   const timer = setTimeout(abortAs("timeout"), ms);
-  const onSignal = abortAs("aborted");
+  let settleTimer: ReturnType<typeof setTimeout> | undefined;
+  let idleTimer: ReturnType<typeof setTimeout> | undefined;
+  let settledAtMs: number | undefined;
+  const watcher = expect ? new ReplyWatcher(expect) : undefined;
+  // A server that exits right after replying has its reply on the way (through
+  // a proxy that can take a while): the kernel delivers it, then the end of
+  // stream. The signal only ends a request that a leftover process keeps open.
+  let exitTimer: ReturnType<typeof setTimeout> | undefined;
+  const onSignal = () => exitTimer ??= setTimeout(abortAs("aborted"), EXIT_GRACE_MS.tcp);
   if (signal?.aborted) onSignal();
   signal?.addEventListener("abort", onSignal, { once: true });
   const parts: Uint8Array[] = [];
@@ -348,7 +385,7 @@ export async function tcpRequest(options: TcpRequestOptions): Promise<TcpOutcome
   let conn: ResettingConn | undefined;
   const closing: Promise<void>[] = [];
   const close = () => {
-    if (conn) closing.push(conn.close());
+    if (conn) closing.push(conn.close({ reset: why === "settled" }));
     conn = undefined;
   };
   stop.signal.addEventListener("abort", close, { once: true });
@@ -362,6 +399,17 @@ export async function tcpRequest(options: TcpRequestOptions): Promise<TcpOutcome
           parts.push(chunk);
           received += chunk.length;
           if (received > MAX_REPLY) throw new Error(`the reply is over ${MAX_REPLY} bytes`);
+          watcher?.push(chunk);
+          if (watcher === undefined || settledAtMs !== undefined) continue;
+          clearTimeout(idleTimer);
+          if (watcher.state !== "prefix") {
+            settledAtMs = Math.round(performance.now() - started);
+            settleTimer = setTimeout(abortAs("settled"), settleMs);
+          } else {
+            // Part of the reply, then silence: a server that answered only
+            // the first line, say, and keeps the connection open.
+            idleTimer = setTimeout(abortAs("settled"), Math.max(settleMs, IDLE_SETTLE_MS));
+          }
         }
       } finally {
         serverClosed.abort();
@@ -375,7 +423,7 @@ export async function tcpRequest(options: TcpRequestOptions): Promise<TcpOutcome
     const [read, write] = await Promise.allSettled([reading, writing]);
     if (read.status === "rejected") {
       end = why ?? (isCode(read.reason, "ECONNRESET") ? "reset" : "error");
-      problem = describeTcpEnd(end, read.reason, ms);
+      problem = end === "settled" ? undefined : describeTcpEnd(end, read.reason, ms);
     } else if (write.status === "rejected" && !why) {
       problem = `writing the request failed (${errorText(write.reason)}): ` +
         "the server closed the connection before reading all of it";
@@ -385,12 +433,27 @@ export async function tcpRequest(options: TcpRequestOptions): Promise<TcpOutcome
     problem = describeTcpEnd(end, error, ms);
   } finally {
     clearTimeout(timer);
+    clearTimeout(settleTimer);
+    clearTimeout(idleTimer);
+    clearTimeout(exitTimer);
     signal?.removeEventListener("abort", onSignal);
     close();
     await Promise.all(closing);
   }
-  return { data: concat(parts), end, problem, ms: Math.round(performance.now() - started) };
+  return {
+    data: concat(parts),
+    end,
+    problem,
+    ms: Math.round(performance.now() - started),
+    settledAtMs,
+  };
 }
+
+/** With `expect`: silence after part of the reply that ends the wait for the rest. */
+const IDLE_SETTLE_MS = 1000;
+
+/** How long a request goes on after the server exited, for a reply already sent. */
+const EXIT_GRACE_MS = { tcp: 2000, udp: 300 };
 
 /** More reply than any check needs: stop reading. */
 const MAX_REPLY = 16 * 1024 * 1024;
@@ -404,7 +467,7 @@ function describeTcpEnd(end: TcpEnd, error: unknown, ms: number): string {
     case "reset":
       return "the server reset the connection (it closed it with unread data, or crashed)";
     case "refused":
-      return "connection refused: nothing is listening (did the server crash?)";
+      return "connection refused: nothing listens on that port (any more)";
     default:
       return errorText(error);
   }
@@ -462,11 +525,16 @@ export async function udpRequest(options: UdpRequestOptions): Promise<UdpOutcome
     }
   };
   const timer = setTimeout(closeSocket("timeout"), ms);
-  const onSignal = closeSocket("aborted");
+  // A reply sent just before the server exited may still be on its way.
+  let exitTimer: ReturnType<typeof setTimeout> | undefined;
+  const onSignal = () => exitTimer ??= setTimeout(closeSocket("aborted"), EXIT_GRACE_MS.udp);
   signal?.addEventListener("abort", onSignal, { once: true });
   let reply: Uint8Array | undefined;
   try {
-    if (signal?.aborted) throw new Error("aborted");
+    if (signal?.aborted) {
+      end = "aborted";
+      throw new Error("the server has exited");
+    }
     await socket.send(data, { transport: "udp", ...address });
     // A bounded loop: at most 100 stray datagrams are skipped.
     for (let i = 0; i < 100 && reply === undefined; i++) {
@@ -477,6 +545,7 @@ export async function udpRequest(options: UdpRequestOptions): Promise<UdpOutcome
     // Closed by the deadline or the signal.
   } finally {
     clearTimeout(timer);
+    clearTimeout(exitTimer);
     signal?.removeEventListener("abort", onSignal);
     closeSocket(reply ? "reply" : end)();
   }

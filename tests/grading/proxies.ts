@@ -14,6 +14,11 @@ export interface Middleman {
   port: number;
   /** What happened, for the check's output. */
   stats(): string;
+  /**
+   * How many requests a client under test made: connections (split proxy),
+   * connections that sent bytes (silent TCP server), or datagrams received.
+   */
+  requests(): number;
   close(): Promise<void>;
 }
 
@@ -134,6 +139,7 @@ export function startSplitProxy(options: SplitProxyOptions): Promise<Middleman> 
     port: (listeners[0].addr as Deno.NetAddr).port,
     stats: () =>
       `the proxy delivered ${forwarded} bytes one at a time over ${connections} connection(s)`,
+    requests: () => connections,
     close: async () => {
       stopping.abort();
       for (const listener of listeners) closeQuietly(listener);
@@ -259,6 +265,7 @@ export function startLossyUdpProxy(options: LossyUdpProxyOptions): Promise<Middl
     stats: () =>
       `the lossy proxy (seed ${seed}) passed ${count.toServer} of ${count.fromClient} ` +
       `request datagram(s) and ${count.toClient} of ${count.fromServer} reply datagram(s)`,
+    requests: () => count.fromClient,
     close: async () => {
       for (const socket of [...front, back]) closeQuietly(socket);
       await Promise.all([...fromClients, fromServer]);
@@ -282,10 +289,16 @@ export function startSilentTcpServer(port: number): Promise<Middleman> {
   const tasks: Promise<void>[] = [];
   let received = 0;
   let connections = 0;
+  let requests = 0;
   const drain = async (conn: Deno.Conn) => {
     const buffer = new Uint8Array(16 * 1024);
+    let first = true;
     try {
-      for (let n = await conn.read(buffer); n !== null; n = await conn.read(buffer)) received += n;
+      for (let n = await conn.read(buffer); n !== null; n = await conn.read(buffer)) {
+        received += n;
+        if (first) requests++;
+        first = false;
+      }
     } catch {
       // Closed.
     }
@@ -310,6 +323,7 @@ export function startSilentTcpServer(port: number): Promise<Middleman> {
     stats: () =>
       `the silent server took ${connections} connection(s) and ${received} bytes, ` +
       "and replied nothing",
+    requests: () => requests,
     close: async () => {
       for (const listener of listeners) closeQuietly(listener);
       await Promise.all(loops);
@@ -344,6 +358,7 @@ export function startSilentUdpServer(port: number): Promise<Middleman> {
   return Promise.resolve({
     port: (sockets[0].addr as Deno.NetAddr).port,
     stats: () => `the silent server received ${received} datagram(s) and replied to none`,
+    requests: () => received,
     close: async () => {
       for (const socket of sockets) closeQuietly(socket);
       await Promise.all(loops);

@@ -4,10 +4,16 @@
  * check's outcome into a result with a readable explanation.
  *
  * A server whose template has `{port}` is started afresh for every check, on
- * a free port. A server without `{port}` must use the fixed port, so it is
- * started once and reused (restarted only if it died): restarting it at once
- * could fail, because the connections it closed keep the port in TIME_WAIT
- * and the textbook server does not set SO_REUSEADDR.
+ * a free port. A server without `{port}` must use its fixed port, so it is
+ * started once and reused, and started again only when it has exited (the
+ * failures that follow say so): restarting it at once could fail, because
+ * the connections it closed keep the port in TIME_WAIT and the textbook
+ * server does not set SO_REUSEADDR.
+ *
+ * A server is ready when the kernel's socket tables show that one of its
+ * processes listens (TCP) or is bound (UDP) on the port: nothing is sent to
+ * it before the first check (see sockets.ts). Where the tables cannot be
+ * read, a connection or a probe datagram, or a printed line, stands in.
  *
  * @module
  */
@@ -15,9 +21,11 @@ import {
   fillTemplate,
   type GradeConfig,
   LOOPBACK,
+  portVariable,
   type Role,
   ROLE_ENV,
   ROLE_LABEL,
+  transportPortVariable,
   usesPortPlaceholder,
 } from "./config.ts";
 import {
@@ -29,9 +37,17 @@ import {
   type ServerContext,
 } from "./checks.ts";
 import { CheckFailure, indexOfBytes } from "./compare.ts";
+import { knownProblems } from "./diagnose.ts";
 import { type Address, portBecomesFree, probeTcp, probeUdp } from "./net.ts";
-import { ProgramProcess } from "./process.ts";
 import { type FixedPort, reserveFixedPort } from "./ports.ts";
+import { ProgramProcess } from "./process.ts";
+import {
+  describeOwners,
+  loopbackFor,
+  portHolders,
+  programSockets,
+  type SocketEntry,
+} from "./sockets.ts";
 
 /** The outcome of one check. */
 export interface CheckResult {
@@ -40,9 +56,30 @@ export interface CheckResult {
   /** "TCP server: basic ASCII sentence". */
   name: string;
   passed: boolean;
+  /**
+   * The grade cannot be trusted, whatever the submission does (its fixed
+   * port is taken by another program): grade again once that is fixed.
+   */
+  void?: boolean;
   /** Why it passed, or why it failed (with a diff, the program's output and a hint). */
   output: string;
   ms: number;
+}
+
+/**
+ * Thrown when the submission cannot be graded fairly: the grade is void,
+ * not failed.
+ *
+ * @example
+ * ```ts
+ * throw new VoidGrade("port 12000 (TCP) is taken by another program: nc -l 12000 (pid 7)");
+ * ```
+ */
+export class VoidGrade extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "VoidGrade";
+  }
 }
 
 /** A server under test that is ready. */
@@ -50,8 +87,10 @@ interface RunningServer {
   program: ProgramProcess;
   address: Address;
   exited: AbortController;
-  /** The port it was given, held until it stops (none on the shared fixed port). */
+  /** The port it was given, held until it stops (none on a fixed port). */
   reserved: FixedPort | undefined;
+  /** Why this is not the first process of a fixed-port server, if it is not. */
+  restarted?: string;
 }
 
 /** Options for {@linkcode RoleRunner}. */
@@ -59,6 +98,9 @@ export interface RoleRunnerOptions {
   role: Role;
   config: GradeConfig;
 }
+
+/** How long a server may listen only on a port it was not given before that is its answer. */
+const ELSEWHERE_MS = 500;
 
 /**
  * Runs the checks of one role against the program its template names.
@@ -76,12 +118,20 @@ export class RoleRunner implements AsyncDisposable {
   readonly transport: "tcp" | "udp";
   /** Whether one server process serves every check (its template has no {port}). */
   readonly shared: boolean;
+  /** The port the program uses when its template has no {port}. */
+  readonly fixedPort: number;
   /** The checks of this role, in order. */
   readonly checks: readonly Check[];
   #config: GradeConfig;
   #server: RunningServer | undefined;
   /** Why the server was not ready within the deadline, once: later checks fail at once. */
   #neverReady: string | undefined;
+  /** The check running now, for notes about a server that exited during it. */
+  #current: Check | undefined;
+  /** How the previous process of a fixed-port server ended, and during which check. */
+  #lastExit: string | undefined;
+  /** Why the grade is void, once it is: later checks are not run. */
+  #voided: string | undefined;
 
   constructor(options: RoleRunnerOptions) {
     const { role, config } = options;
@@ -90,6 +140,7 @@ export class RoleRunner implements AsyncDisposable {
     this.template = config.templates[role];
     this.transport = role.startsWith("tcp") ? "tcp" : "udp";
     this.shared = role.endsWith("server") && !usesPortPlaceholder(this.template);
+    this.fixedPort = config.fixedPorts[role];
     this.checks = checksFor(role);
   }
 
@@ -101,28 +152,52 @@ export class RoleRunner implements AsyncDisposable {
   /** Runs one check; never throws. */
   async run(check: Check): Promise<CheckResult> {
     const started = performance.now();
+    this.#current = check;
     let passed = false;
+    let voided = false;
     let output: string;
     try {
+      if (this.#voided) throw new VoidGrade(`not run: ${this.#voided}`);
       output = check.side === "server"
         ? await this.#runServerCheck(check.run)
         : await this.#runClientCheck(check.run);
       passed = true;
     } catch (error) {
-      output = error instanceof CheckFailure
-        ? error.message
-        : `the check itself failed: ${(error as Error)?.stack ?? String(error)}`;
-      output += `\nHint: ${check.hint}`;
+      if (error instanceof VoidGrade) {
+        voided = true;
+        this.#voided ??= error.message;
+        output = `The grade is void: ${error.message}`;
+      } else if (error instanceof CheckFailure) {
+        output = `${error.message}\nHint: ${check.hint}`;
+      } else {
+        output = `the check itself failed: ${(error as Error)?.stack ?? String(error)}`;
+      }
     }
     const ms = Math.round(performance.now() - started);
-    return { role: this.role, id: check.id, name: this.nameOf(check), passed, output, ms };
+    const result: CheckResult = {
+      role: this.role,
+      id: check.id,
+      name: this.nameOf(check),
+      passed,
+      output,
+      ms,
+    };
+    if (voided) result.void = true;
+    return result;
   }
 
-  /** Runs every check in order, then stops the server under test. */
+  /**
+   * Runs every check in order, then stops the server under test. After a
+   * void result the remaining checks are not run.
+   */
   async runAll(): Promise<CheckResult[]> {
     const results: CheckResult[] = [];
     try {
-      for (const check of this.checks) results.push(await this.run(check));
+      for (const check of this.checks) {
+        const result = await this.run(check);
+        results.push(result);
+        if (result.void) break;
+      }
     } finally {
       await this.close();
     }
@@ -158,15 +233,29 @@ export class RoleRunner implements AsyncDisposable {
     } catch (error) {
       if (!(error instanceof CheckFailure)) throw error;
       // A crash is often the reason: give a dying server a moment to be reaped.
-      await server.program.waitUntil(() => !server.program.running, 300);
+      await server.program.waitUntil(() => !server.program.running, 150);
       if (!server.program.running) await server.program.drain(500);
-      throw new CheckFailure(
-        `${error.message}\nThe server under test (${this.#describeCommand(server.program)}) ` +
-          `${server.program.describeExit()}.\n${server.program.outputTail()}`,
-      );
+      throw new CheckFailure(`${error.message}\n${this.#serverState(server)}`);
     } finally {
+      if (!server.program.running) {
+        this.#lastExit = `${server.program.describeExit()} during the check "${this.#current?.id}"`;
+      }
       if (!this.shared || !server.program.running) await this.close();
     }
+  }
+
+  /** What the server under test is doing now, with its output, for a failure. */
+  #serverState(server: RunningServer): string {
+    const { program } = server;
+    const state = program.running
+      ? `The server under test (${this.#describeCommand(program)}) is still running.`
+      : `The server under test (${this.#describeCommand(program)}) ` +
+        `${program.describeExit()} during this check.`;
+    const lines = [state];
+    if (server.restarted) lines.push(server.restarted);
+    lines.push(program.outputTail());
+    lines.push(...knownProblems(program.stdoutText() + program.stderrText()));
+    return lines.join("\n");
   }
 
   /** The running server, or a new one once it is ready. */
@@ -175,14 +264,12 @@ export class RoleRunner implements AsyncDisposable {
     await this.close();
     if (this.#neverReady) {
       throw new CheckFailure(
-        `not run: the server under test was not ready in an earlier check\n${this.#neverReady}`,
+        `not run: the server under test was not ready in an earlier check: ${this.#neverReady}`,
       );
     }
     const reserved = this.shared ? undefined : await reserveFixedPort();
-    const port = reserved?.port ?? this.#config.fixedPort;
-    if (this.shared && !await portBecomesFree(this.transport, port)) {
-      throw new CheckFailure(await this.#portInUse(port, "the server under test cannot bind it"));
-    }
+    const port = reserved?.port ?? this.fixedPort;
+    if (this.shared) await this.#requireFreePort(port, "the server under test cannot bind it");
     let program: ProgramProcess | undefined;
     try {
       program = ProgramProcess.spawn({
@@ -193,6 +280,10 @@ export class RoleRunner implements AsyncDisposable {
       program.exited.then(() => exited.abort());
       const address = await this.#waitReady(program, port);
       this.#server = { program, address, exited, reserved };
+      if (this.shared && this.#lastExit) {
+        this.#server.restarted = `Note: this is a new process of the server under test: ` +
+          `the previous one ${this.#lastExit}, and the kit started it again for this check.`;
+      }
       return this.#server;
     } catch (error) {
       await program?.stop();
@@ -202,21 +293,103 @@ export class RoleRunner implements AsyncDisposable {
   }
 
   /**
-   * Ready when the server accepts a TCP connection (answers a UDP probe) on
-   * 127.0.0.1 or ::1, or prints a line, whichever comes first.
+   * Resolves to the address of the server under test once one of its
+   * processes listens (TCP) or is bound (UDP) on `port`.
    */
   async #waitReady(program: ProgramProcess, port: number): Promise<Address> {
     const ms = this.#config.readyDeadlineMs;
     const deadline = performance.now() + ms;
-    const printedLine = () => program.stdoutBytes().includes(0x0a);
-    while (performance.now() < deadline) {
-      if (!program.running) {
-        await program.drain(500);
-        throw new CheckFailure(
-          `the server under test (${this.#describeCommand(program)}) ` +
-            `${program.describeExit()} before it was ready\n${program.outputTail()}`,
+    const wanted = this.transport === "tcp" ? "listen" : "bound";
+    let elsewhereSince: number | undefined;
+    for (;;) {
+      if (!program.running) throw await this.#exitedBeforeReady(program, port);
+      const sockets = await programSockets(program.pid);
+      if (sockets === undefined) return await this.#waitReadyByProbe(program, port, deadline);
+      const mine = sockets.filter((s) => s.transport === this.transport && s.state === wanted);
+      const onPort = mine.filter((s) => s.port === port);
+      if (onPort.length > 0) return { hostname: this.#reachable(onPort, program), port };
+      const now = performance.now();
+      if (mine.length > 0) {
+        elsewhereSince ??= now;
+        if (now - elsewhereSince >= ELSEWHERE_MS) {
+          throw this.#notReady(program, this.#listensElsewhere(mine, port));
+        }
+      }
+      if (now >= deadline) {
+        const verb = this.transport === "tcp" ? "listened" : "was bound";
+        throw this.#notReady(
+          program,
+          `within ${ms / 1000} s no process of it ${verb} on ` +
+            `${this.transport.toUpperCase()} port ${port}` +
+            (sockets.length > 0 ? ` (its sockets: ${describeSockets(sockets)})` : ""),
         );
       }
+      await program.waitUntil(() => !program.running, 25);
+    }
+  }
+
+  /** The loopback address that reaches one of `sockets`; fails if none is loopback. */
+  #reachable(sockets: SocketEntry[], program: ProgramProcess): string {
+    const hostnames = sockets.map((s) => loopbackFor(s.address)).filter((h) => h !== undefined);
+    const hostname = hostnames.find((h) => !h.includes(":")) ?? hostnames[0];
+    if (hostname !== undefined) return hostname;
+    throw this.#notReady(
+      program,
+      `it listens on ${describeSockets(sockets)} only, which is not a loopback address, and ` +
+        "the kit talks to 127.0.0.1 and ::1 only: bind '' (every interface), 0.0.0.0 or " +
+        "localhost instead of a fixed address",
+    );
+  }
+
+  /** "listens on TCP port 12001 (0.0.0.0), not on port 34567: ..." */
+  #listensElsewhere(sockets: SocketEntry[], port: number): string {
+    const other = sockets[0].port;
+    const where = `it ${this.transport === "tcp" ? "listens" : "is bound"} on ` +
+      `${describeSockets(sockets)}, not on port ${port}`;
+    if (!this.shared) {
+      return `${where}, the port it was given as {port}: the program ignores the port on ` +
+        "its command line. Read it from the command line (sys.argv, args[0]), or, if it " +
+        `hard-codes ${other}, remove {port} from ${ROLE_ENV[this.role]} and set ` +
+        `${portVariable(this.role)}=${other}`;
+    }
+    return `${where}, the fixed port the kit was told: it hard-codes port ${other}. Set ` +
+      `${portVariable(this.role)}=${other} (or ${transportPortVariable(this.role)}=${other}) ` +
+      "and grade again";
+  }
+
+  /** Records why the server was never ready (later checks fail at once), as a failure. */
+  #notReady(program: ProgramProcess, why: string): CheckFailure {
+    this.#neverReady = why;
+    return new CheckFailure(
+      `the server under test (${this.#describeCommand(program)}) was not ready: ${why}\n` +
+        [program.outputTail(), ...knownProblems(program.stderrText())].join("\n"),
+    );
+  }
+
+  /** The failure (or void grade) for a server that exited before it was ready. */
+  async #exitedBeforeReady(program: ProgramProcess, port: number): Promise<Error> {
+    await program.drain(500);
+    const output = program.stdoutText() + program.stderrText();
+    if (/in use|EADDRINUSE|BindException/i.test(output)) {
+      const taken = await this.#portTaken(port);
+      if (taken) return new VoidGrade(`${taken}, so the server under test could not bind it`);
+    }
+    return new CheckFailure(
+      `the server under test (${this.#describeCommand(program)}) ` +
+        `${program.describeExit()} before it was ready\n` +
+        [program.outputTail(), ...knownProblems(output)].join("\n"),
+    );
+  }
+
+  /** Ready by talking to it: where the socket tables cannot be read. */
+  async #waitReadyByProbe(
+    program: ProgramProcess,
+    port: number,
+    deadline: number,
+  ): Promise<Address> {
+    const printedLine = () => program.stdoutBytes().includes(0x0a);
+    while (performance.now() < deadline) {
+      if (!program.running) throw await this.#exitedBeforeReady(program, port);
       const hostname = this.transport === "tcp"
         ? await probeTcp(port, 500)
         : await probeUdp(port, 40);
@@ -224,24 +397,20 @@ export class RoleRunner implements AsyncDisposable {
       if (printedLine()) return { hostname: LOOPBACK, port };
       await program.waitUntil(() => printedLine() || !program.running, 25);
     }
-    this.#neverReady = `the server under test (${this.#describeCommand(program)}) was not ` +
-      `ready within ${ms / 1000} s`;
-    throw new CheckFailure(
-      `the server under test (${this.#describeCommand(program)}) was not ready within ` +
-        `${ms / 1000} s: it neither ${
-          this.transport === "tcp" ? "accepted a connection" : "answered a probe datagram"
-        } on port ${port} of 127.0.0.1 or ::1 nor printed a line\n${program.outputTail()}`,
+    throw this.#notReady(
+      program,
+      `within ${this.#config.readyDeadlineMs / 1000} s it neither ${
+        this.transport === "tcp" ? "accepted a connection" : "answered a probe datagram"
+      } on port ${port} of 127.0.0.1 or ::1 nor printed a line`,
     );
   }
 
   // --- clients ------------------------------------------------------------
 
   async #runClientCheck(run: (context: ClientContext) => Promise<string>): Promise<string> {
-    const listenPort = usesPortPlaceholder(this.template) ? 0 : this.#config.fixedPort;
-    if (listenPort !== 0 && !await portBecomesFree(this.transport, listenPort)) {
-      throw new CheckFailure(
-        await this.#portInUse(listenPort, "the harness cannot serve the client"),
-      );
+    const listenPort = usesPortPlaceholder(this.template) ? 0 : this.fixedPort;
+    if (listenPort !== 0) {
+      await this.#requireFreePort(listenPort, "the kit cannot serve the client on it");
     }
     let last: ClientRun | undefined;
     const context: ClientContext = {
@@ -257,9 +426,14 @@ export class RoleRunner implements AsyncDisposable {
       return await run(context);
     } catch (error) {
       if (!(error instanceof CheckFailure) || last === undefined) throw error;
+      const { program } = last;
       throw new CheckFailure(
-        `${error.message}\nThe client under test: ${this.#describeCommand(last.program)}\n` +
-          last.program.outputTail(),
+        [
+          error.message,
+          `The client under test: ${this.#describeCommand(program)}`,
+          program.outputTail(),
+          ...knownProblems(program.stdoutText() + program.stderrText()),
+        ].join("\n"),
       );
     }
   }
@@ -283,13 +457,13 @@ export class RoleRunner implements AsyncDisposable {
       const ms = Math.round(performance.now() - started);
       const exitedOnItsOwn = !program.running;
       if (exitedOnItsOwn) await program.drain(500); // the last of its output
-      return { found: found(), exitedOnItsOwn, ms, program };
+      return { found: found(), exitedOnItsOwn, ms, program, port };
     } finally {
       await program.stop();
     }
   }
 
-  // --- messages -----------------------------------------------------------
+  // --- ports and messages ---------------------------------------------------
 
   #describeCommand(program: ProgramProcess): string {
     const given = this.#config.submitted.includes(this.role)
@@ -298,21 +472,60 @@ export class RoleRunner implements AsyncDisposable {
     return `${given}: ${program.command}`;
   }
 
-  async #portInUse(port: number, consequence: string): Promise<string> {
-    let message = `port ${port} (${this.transport.toUpperCase()}) is already in use on ` +
-      `127.0.0.1, so ${consequence}: the template has no {port}, so the program uses the ` +
-      `fixed port ${port}. Stop whatever uses port ${port}, or put {port} in ` +
-      `${ROLE_ENV[this.role]}.`;
-    if (this.transport === "tcp" && await probeTcp(port, 500) === undefined) {
-      message += `\nNothing accepts connections on it, so connections closed in the last ` +
-        "minute probably hold it (TIME_WAIT, up to 60 s): wait a minute and grade again.";
+  /**
+   * Throws a {@linkcode VoidGrade} if another program holds the fixed port
+   * `port`: then the submission cannot be graded, and failing every check
+   * would blame the student.
+   */
+  async #requireFreePort(port: number, consequence: string): Promise<void> {
+    if (await portBecomesFree(this.transport, port)) return;
+    const taken = await this.#portTaken(port) ??
+      `port ${port} (${this.transport.toUpperCase()}) is already in use on 127.0.0.1 ` +
+        "by a program the kit could not identify";
+    throw new VoidGrade(
+      `${taken}, so ${consequence}. The template of ${ROLE_ENV[this.role]} has no {port}, so ` +
+        `the program uses the fixed port ${port}. Stop that program and grade again, or put ` +
+        `{port} in ${ROLE_ENV[this.role]}.`,
+    );
+  }
+
+  /**
+   * Who holds `port` ("port 12000 (TCP) is taken by another program: nc -l
+   * 12000 (pid 7)", or its TIME_WAIT connections), or undefined if nobody.
+   */
+  async #portTaken(port: number): Promise<string | undefined> {
+    const name = `port ${port} (${this.transport.toUpperCase()})`;
+    const holders = await portHolders(this.transport, port);
+    if (holders === undefined) return undefined;
+    if (holders.owners.length > 0) {
+      return `${name} is taken by another program: ${describeOwners(holders.owners)}`;
     }
-    return message;
+    const waiting = holders.entries.filter((entry) => entry.state === "time_wait").length;
+    if (waiting > 0) {
+      return `${name} still has ${waiting} connection(s) in TIME_WAIT from programs that ran ` +
+        "before this grade (they expire within a minute; a server without SO_REUSEADDR, like " +
+        "the textbook's, cannot bind the port until then): wait a minute";
+    }
+    return undefined;
   }
 }
 
+/** "12001 (0.0.0.0), 12001 (::)", for messages. */
+function describeSockets(sockets: SocketEntry[]): string {
+  const seen = new Set<string>();
+  for (const s of sockets) {
+    seen.add(
+      `${s.transport.toUpperCase()} ${s.port} (${s.address}${
+        s.state === "listen" || s.state === "bound" ? "" : `, ${s.state}`
+      })`,
+    );
+  }
+  return [...seen].join(", ");
+}
+
 /**
- * Runs every selected role's checks, role after role.
+ * Runs every selected role's checks, role after role. A void result ends
+ * the run: the grade as a whole is void.
  *
  * @example
  * ```ts
@@ -324,6 +537,7 @@ export async function runRoles(config: GradeConfig): Promise<CheckResult[]> {
   const results: CheckResult[] = [];
   for (const role of config.roles) {
     results.push(...await new RoleRunner({ role, config }).runAll());
+    if (results.some((result) => result.void)) break;
   }
   return results;
 }

@@ -1,0 +1,250 @@
+/**
+ * The kernel's socket tables: which sockets a program under test has bound,
+ * and who holds a port, read without sending the program a single byte.
+ *
+ * Why not just connect? A readiness probe is a client the student never
+ * expected: the textbook's Java TCPServer throws on a connection that closes
+ * without a line, some C servers die on a read of 0 bytes, and a UDP server
+ * that serves one datagram would serve the probe instead of the first check.
+ * A printed line is no proof either: one real server prints its ready line
+ * before it calls listen(). The tables say exactly when the socket exists.
+ *
+ * On Linux the tables are /proc/net/{tcp,tcp6,udp,udp6}, and each process's
+ * sockets are the `socket:[INODE]` links in /proc/PID/fd. Deno refuses to
+ * read /proc without --allow-all, so a small `sh` script reads them (the kit
+ * has --allow-run). Elsewhere {@linkcode programSockets} resolves to
+ * undefined and the runner falls back to probing.
+ *
+ * @module
+ */
+
+/** A socket from the kernel's tables. */
+export interface SocketEntry {
+  transport: "tcp" | "udp";
+  /** The local address, e.g. "127.0.0.1", "0.0.0.0", "::", "::ffff:127.0.0.1". */
+  address: string;
+  port: number;
+  /** "listen" (TCP), "bound" (UDP, not connected), "time_wait", or another TCP state. */
+  state: string;
+  /** The socket's inode (0 for connections no process holds, like TIME_WAIT). */
+  inode: number;
+}
+
+/** A process that holds a socket. */
+export interface SocketOwner {
+  pid: number;
+  /** Its command line, arguments separated by spaces. */
+  command: string;
+}
+
+const TABLES = ["tcp", "tcp6", "udp", "udp6"].map((name) => `/proc/net/${name}`);
+
+/** TCP states as the kernel numbers them (include/net/tcp_states.h). */
+const TCP_STATES: Record<string, string> = {
+  "01": "established",
+  "02": "syn_sent",
+  "03": "syn_recv",
+  "04": "fin_wait1",
+  "05": "fin_wait2",
+  "06": "time_wait",
+  "07": "close",
+  "08": "close_wait",
+  "09": "last_ack",
+  "0A": "listen",
+  "0B": "closing",
+};
+
+/**
+ * Prints the table lines of every socket held by a process of session $1:
+ * "FILE LOCAL_ADDRESS STATE INODE". A process's session is field 6 of
+ * /proc/PID/stat, read after the command name's closing parenthesis (the
+ * name itself may hold spaces and parentheses).
+ */
+const PROGRAM_SOCKETS_SCRIPT = `
+sid=$1; shift
+inodes=$(
+  for d in /proc/[0-9]*; do
+    { read -r stat < "$d/stat"; } 2>/dev/null || continue
+    set -- \${stat##*") "}
+    [ "$4" = "$sid" ] && ls -l "$d/fd" 2>/dev/null
+  done | sed -n 's/.*socket:\\[\\([0-9]*\\)\\].*/\\1/p'
+)
+[ -n "$inodes" ] || exit 0
+files=
+for f in ${TABLES.join(" ")}; do [ -r "$f" ] && files="$files $f"; done
+awk -v list="$inodes" '
+  BEGIN { n = split(list, a); for (i = 1; i <= n; i++) want[a[i]] = 1 }
+  FNR > 1 && ($10 in want) { print FILENAME, $2, $4, $10 }' $files
+`;
+
+/**
+ * Prints the table lines of every socket on port $1 (4 hex digits, upper
+ * case), then "owner INODE PID COMMAND" for each process that holds one.
+ */
+const PORT_HOLDERS_SCRIPT = `
+port=$1
+files=
+for f in ${TABLES.join(" ")}; do [ -r "$f" ] && files="$files $f"; done
+lines=$(awk -v p=":$port" 'FNR > 1 && substr($2, length($2) - 4) == p { print FILENAME, $2, $4, $10 }' $files)
+[ -n "$lines" ] || exit 0
+echo "$lines"
+echo "$lines" | while read -r file address state inode; do
+  [ "$inode" = 0 ] && continue
+  for fd in $(find /proc/[0-9]*/fd -lname "socket:\\[$inode\\]" 2>/dev/null | head -n 3); do
+    pid=\${fd#/proc/}; pid=\${pid%%/*}
+    echo "owner $inode $pid $(tr '\\0' ' ' < /proc/$pid/cmdline 2>/dev/null)"
+  done
+done
+`;
+
+/** Runs a script with `sh`; undefined if it fails (exit 3: no tables on this machine). */
+async function runScript(script: string, args: string[]): Promise<string | undefined> {
+  if (Deno.build.os !== "linux") return undefined;
+  try {
+    const { success, stdout } = await new Deno.Command("sh", {
+      args: ["-c", `[ -r /proc/net/tcp ] || exit 3\n${script}`, "sh", ...args],
+      stdin: "null",
+      stdout: "piped",
+      stderr: "null",
+    }).output();
+    return success ? new TextDecoder().decode(stdout) : undefined;
+  } catch {
+    return undefined; // no sh, or no --allow-run
+  }
+}
+
+/**
+ * The sockets held by the processes of session `sessionId` (a program under
+ * test runs as `setsid sh -c TEMPLATE`, so its session id is the shell's
+ * pid), or undefined where the tables cannot be read.
+ *
+ * @example
+ * ```ts
+ * const sockets = await programSockets(program.pid);
+ * const listening = sockets?.filter((s) => s.state === "listen");
+ * ```
+ */
+export async function programSockets(sessionId: number): Promise<SocketEntry[] | undefined> {
+  const out = await runScript(PROGRAM_SOCKETS_SCRIPT, [String(sessionId)]);
+  if (out === undefined) return undefined;
+  return out.split("\n").map(parseEntry).filter((entry) => entry !== undefined);
+}
+
+/**
+ * Every socket on `port` of either transport's tables for `transport`, with
+ * the processes holding them, or undefined where the tables cannot be read.
+ *
+ * @example
+ * ```ts
+ * const holders = await portHolders("tcp", 12000);
+ * for (const owner of holders?.owners ?? []) console.log(owner.pid, owner.command);
+ * ```
+ */
+export async function portHolders(
+  transport: "tcp" | "udp",
+  port: number,
+): Promise<{ entries: SocketEntry[]; owners: SocketOwner[] } | undefined> {
+  const hex = port.toString(16).toUpperCase().padStart(4, "0");
+  const out = await runScript(PORT_HOLDERS_SCRIPT, [hex]);
+  if (out === undefined) return undefined;
+  const entries: SocketEntry[] = [];
+  const owners = new Map<number, SocketOwner>();
+  const inodes = new Set<number>();
+  for (const line of out.split("\n")) {
+    const owner = /^owner (\d+) (\d+) ?(.*)$/.exec(line);
+    if (owner) {
+      if (inodes.has(Number(owner[1]))) {
+        owners.set(Number(owner[2]), { pid: Number(owner[2]), command: owner[3].trim() });
+      }
+      continue;
+    }
+    const entry = parseEntry(line);
+    if (entry?.transport === transport) {
+      entries.push(entry);
+      inodes.add(entry.inode);
+    }
+  }
+  return { entries, owners: [...owners.values()] };
+}
+
+/** "/proc/net/tcp 0100007F:2EE0 0A 12345" -> an entry. */
+function parseEntry(line: string): SocketEntry | undefined {
+  const match = /^\/proc\/net\/(tcp|udp)6? ([0-9A-Fa-f]+):([0-9A-Fa-f]{4}) ([0-9A-Fa-f]{2}) (\d+)$/
+    .exec(line.trim());
+  if (!match) return undefined;
+  const [, transport, hexAddress, hexPort, st, inode] = match;
+  const state = transport === "udp"
+    ? (st === "07" ? "bound" : "connected")
+    : TCP_STATES[st.toUpperCase()] ?? st;
+  return {
+    transport: transport as "tcp" | "udp",
+    address: decodeAddress(hexAddress),
+    port: parseInt(hexPort, 16),
+    state,
+    inode: Number(inode),
+  };
+}
+
+/**
+ * The kernel prints addresses as 32-bit words in host byte order (little
+ * endian on x86 and ARM): 0100007F is 127.0.0.1.
+ *
+ * @example
+ * ```ts
+ * decodeAddress("0100007F"); // "127.0.0.1"
+ * decodeAddress("00000000000000000000000001000000"); // "::1"
+ * ```
+ */
+export function decodeAddress(hex: string): string {
+  const bytes: number[] = [];
+  for (let word = 0; word < hex.length; word += 8) {
+    for (let i = 6; i >= 0; i -= 2) bytes.push(parseInt(hex.slice(word + i, word + i + 2), 16));
+  }
+  if (bytes.length === 4) return bytes.join(".");
+  const mapped = bytes.slice(0, 10).every((b) => b === 0) && bytes[10] === 0xff &&
+    bytes[11] === 0xff;
+  if (mapped) return `::ffff:${bytes.slice(12).join(".")}`;
+  const groups = [];
+  for (let i = 0; i < 16; i += 2) groups.push(((bytes[i] << 8) | bytes[i + 1]).toString(16));
+  // Shorten the longest run of zero groups to "::".
+  let best = { at: -1, length: 0 };
+  for (let i = 0; i < 8;) {
+    let j = i;
+    while (j < 8 && groups[j] === "0") j++;
+    if (j - i > best.length) best = { at: i, length: j - i };
+    i = j === i ? i + 1 : j;
+  }
+  if (best.length < 2) return groups.join(":");
+  return `${groups.slice(0, best.at).join(":")}::${groups.slice(best.at + best.length).join(":")}`;
+}
+
+/**
+ * The loopback address to reach a socket bound at `address`, or undefined if
+ * it is bound to an address the kit must not talk to (not loopback).
+ *
+ * @example
+ * ```ts
+ * loopbackFor("0.0.0.0"); // "127.0.0.1"
+ * loopbackFor("::"); // "::1"
+ * loopbackFor("192.168.1.20"); // undefined
+ * ```
+ */
+export function loopbackFor(address: string): string | undefined {
+  if (address === "0.0.0.0") return "127.0.0.1";
+  if (address.startsWith("127.")) return address;
+  if (address === "::" || address === "::1") return "::1";
+  if (address.startsWith("::ffff:")) return loopbackFor(address.slice(7));
+  return undefined;
+}
+
+/**
+ * "python3 other.py (pid 1234)", for messages.
+ *
+ * @example
+ * ```ts
+ * describeOwners([{ pid: 7, command: "nc -l 12000" }]); // "nc -l 12000 (pid 7)"
+ * ```
+ */
+export function describeOwners(owners: SocketOwner[]): string {
+  return owners.map((o) => `${o.command || "a process"} (pid ${o.pid})`).join(", ");
+}
