@@ -56,13 +56,15 @@ async function serveDatagrams(serverSocket: Deno.DatagramConn, server: ServerSta
     } catch (error) {
       if (server.stopping) return; // we closed the socket ourselves
       // One bad datagram or an ICMP error report must not stop the server.
-      server.log?.(`Could not receive a datagram: ${describe(error)}`);
+      server.logs?.line("failed", `Could not receive a datagram: ${describe(error)}`);
       await new Promise((resolve) => setTimeout(resolve, 10)); // never spin
       continue;
     }
-    server.busy.add(serverSocket); // a shutdown now waits for this reply
     const modifiedMessage = decoder.decode(message).toUpperCase();
     const reply = encoder.encode(modifiedMessage);
+    // Part 2: some senders must not be answered (see LoopGuard).
+    if (!server.guard.allows(clientAddress as Deno.NetAddr, message, reply)) continue;
+    server.busy.add(serverSocket); // a shutdown now waits for this reply
     await sendReply(serverSocket, reply, clientAddress as Deno.NetAddr, {
       server,
       bytesIn: message.length,
@@ -89,7 +91,8 @@ async function sendReply(
 ) {
   const limit = clientAddress.hostname.includes(":") ? MAX_PAYLOAD.ipv6 : MAX_PAYLOAD.ipv4;
   if (reply.length > limit) {
-    server.log?.(
+    server.logs?.line(
+      "dropped",
       `Dropped the reply to ${formatAddr(clientAddress)}: ${bytesIn} bytes in, ` +
         `${reply.length} bytes out do not fit in one datagram (at most ${limit})`,
     );
@@ -97,17 +100,201 @@ async function sendReply(
   }
   try {
     await serverSocket.send(reply, clientAddress);
-    server.log?.(
+    server.logs?.line(
+      "served",
       `Served ${formatAddr(clientAddress)}: ${bytesIn} bytes in, ${reply.length} bytes out`,
     );
   } catch (error) {
     // A reply goes to the client's own port: a grant like
     // --allow-net=127.0.0.1:12000 lets us bind, but not answer.
     const why = error instanceof Deno.errors.NotCapable
-      ? "no permission to send there (replies go to the client's port: grant the host " +
-        "without a port, as in --allow-net=127.0.0.1,[::1])"
+      ? `the --allow-net grant does not include ${formatAddr(clientAddress)} (replies go to ` +
+        "each client's own port: grant hosts without a port, as in --allow-net=127.0.0.1,[::1])"
       : describe(error);
-    server.log?.(`Could not reply to ${formatAddr(clientAddress)}: ${why}`);
+    server.logs?.line("failed", `Could not reply to ${formatAddr(clientAddress)}: ${why}`);
+  }
+}
+
+// --- Loops: "Loop DoS" (CVE-2024-2169) -------------------------------------
+//
+// Uppercasing uppercase text changes nothing. So if one forged datagram
+// claims to come from this server itself, or from another uppercase (or echo)
+// server, each reply is answered by a reply, forever: two servers bounce one
+// datagram at full speed, a full core each, until someone kills them. UDP
+// source addresses cannot be trusted, so the server decides from what it can
+// see: the source port, and whether its reply would equal the request.
+
+/** Datagrams per second that uppercasing leaves unchanged, answered per sender. */
+export const LOOP_BUDGET = 100;
+
+/** Senders whose unchanged datagrams are counted at once; past it, new ones wait. */
+export const LOOP_BUDGET_SENDERS = 10_000;
+
+/**
+ * Says why a datagram from `from` must get no reply at all, or undefined if it
+ * may be answered.
+ *
+ * - From the server's own port: the datagram claims to come from this server
+ *   itself, or from another server on the same port. Answering it starts a
+ *   loop. Clients send from ports the system hands out (32768 and up on
+ *   Linux), never from a port a server holds.
+ * - From a port below 1024: those belong to services (echo 7, daytime 13,
+ *   chargen 19, DNS 53, NTP 123), never to clients, and each of them answers
+ *   whatever it gets: a forged datagram would start a loop with them.
+ *
+ * @example
+ * ```ts
+ * refusalReason({ transport: "udp", hostname: "127.0.0.1", port: 12000 }, 12000);
+ * // "it comes from this server's own port (forged, or another server on the same port)"
+ * refusalReason({ transport: "udp", hostname: "127.0.0.1", port: 50000 }, 12000); // undefined
+ * ```
+ */
+export function refusalReason(from: Deno.NetAddr, ownPort: number): string | undefined {
+  if (from.port === ownPort) {
+    return "it comes from this server's own port (forged, or another server on the same port)";
+  }
+  if (from.port < 1024) {
+    return `port ${from.port} belongs to a service (echo, DNS...), not a client`;
+  }
+  return undefined;
+}
+
+/**
+ * Decides, datagram by datagram, whether a reply could start or feed a loop.
+ *
+ * Besides {@linkcode refusalReason}, a loop with another uppercase or echo
+ * server on any other port is caught by its content: from the second round
+ * on, every datagram in it comes back unchanged. Ordinary clients send
+ * lowercase text, so only datagrams whose reply equals the request are
+ * counted, per sender, and past {@linkcode LOOP_BUDGET} in a second the
+ * sender is not answered for the rest of that second. A loop is one datagram
+ * bouncing back and forth: one reply not sent ends it.
+ */
+class LoopGuard {
+  #ownPort: number;
+  #logs: LogLimiter | null;
+  /** Sender ("HOST:PORT") -> unchanged datagrams in this window. */
+  #counts = new Map<string, number>();
+  #windowEnd = 0;
+  #fullReported = false;
+
+  constructor(ownPort: number, logs: LogLimiter | null) {
+    this.#ownPort = ownPort;
+    this.#logs = logs;
+  }
+
+  /** Whether to send `reply` for `request` from `from`. */
+  allows(from: Deno.NetAddr, request: Uint8Array, reply: Uint8Array): boolean {
+    const refused = refusalReason(from, this.#ownPort);
+    if (refused !== undefined) {
+      this.#logs?.line("refused", `Did not answer ${formatAddr(from)}: ${refused}`);
+      return false;
+    }
+    // The common case costs one comparison: the first letter differs.
+    if (!sameBytes(request, reply)) return true;
+    return this.#withinBudget(from);
+  }
+
+  /** Counts one unchanged datagram from `from`; false once over the budget. */
+  #withinBudget(from: Deno.NetAddr): boolean {
+    const now = performance.now();
+    if (now >= this.#windowEnd) {
+      // A new one-second window: every sender starts again from zero.
+      this.#counts.clear();
+      this.#windowEnd = now + 1000;
+      this.#fullReported = false;
+    }
+    const key = formatAddr(from);
+    const count = (this.#counts.get(key) ?? 0) + 1;
+    if (count === 1 && this.#counts.size >= LOOP_BUDGET_SENDERS) {
+      // Millions of made-up senders must not grow the table: new senders of
+      // unchanged datagrams wait for the next second.
+      if (!this.#fullReported) {
+        this.#fullReported = true;
+        this.#logs?.line(
+          "loop",
+          `Not answering new senders of datagrams that uppercasing does not change for the ` +
+            `rest of this second: ${LOOP_BUDGET_SENDERS} senders are counted already (a flood?)`,
+        );
+      }
+      return false;
+    }
+    this.#counts.set(key, count);
+    if (count === LOOP_BUDGET + 1) {
+      // Once per sender per second, not once per datagram.
+      this.#logs?.line(
+        "loop",
+        `Stopped answering ${formatAddr(from)} for the rest of this second: over ${LOOP_BUDGET} ` +
+          "datagrams in 1 s that uppercasing does not change (a loop with another server?)",
+      );
+    }
+    return count <= LOOP_BUDGET;
+  }
+}
+
+/** Whether two byte arrays hold the same bytes. */
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+// --- Log floods --------------------------------------------------------------
+//
+// A line per datagram lets whoever sends datagrams choose how much the server
+// writes: 48 bytes per datagram, megabytes per second in a flood. Each kind of
+// line is written as it is only LOG_LINES_PER_SECOND times a second; the rest
+// are counted and summed up once a second.
+
+/** Lines of one kind written as they are, per second; the rest are counted. */
+export const LOG_LINES_PER_SECOND = 10;
+
+/** The kinds of log line, and how a summary line names them. */
+const LOG_KINDS = {
+  served: "datagrams served",
+  dropped: "replies dropped (too big for one datagram)",
+  refused: "datagrams not answered (from a server's port)",
+  loop: "senders stopped (datagrams that uppercasing does not change)",
+  failed: "failed receives or replies",
+} as const;
+
+/** A kind of log line: see LOG_KINDS. */
+type LogKind = keyof typeof LOG_KINDS;
+
+/**
+ * Passes at most {@linkcode LOG_LINES_PER_SECOND} lines of each kind per
+ * second to `log`, then one summary line per kind and second, as in
+ * "(... and 5321 more datagrams served in the last second)". One timer for
+ * the whole server, none per line.
+ */
+class LogLimiter {
+  #log: (line: string) => void;
+  #counts: Record<LogKind, number> = { served: 0, dropped: 0, refused: 0, loop: 0, failed: 0 };
+  #timer: ReturnType<typeof setInterval>;
+
+  constructor(log: (line: string) => void) {
+    this.#log = log;
+    this.#timer = setInterval(() => this.flush(), 1000);
+  }
+
+  /** Logs `text`, or only counts it if this kind has had its lines this second. */
+  line(kind: LogKind, text: string) {
+    if (++this.#counts[kind] <= LOG_LINES_PER_SECOND) this.#log(text);
+  }
+
+  /** Writes the summary lines of the second that ends now. */
+  flush() {
+    for (const kind of Object.keys(this.#counts) as LogKind[]) {
+      const more = this.#counts[kind] - LOG_LINES_PER_SECOND;
+      if (more > 0) this.#log(`(... and ${more} more ${LOG_KINDS[kind]} in the last second)`);
+      this.#counts[kind] = 0;
+    }
+  }
+
+  /** Writes the last summary and stops the timer. */
+  close() {
+    clearInterval(this.#timer);
+    this.flush();
   }
 }
 
@@ -140,7 +327,10 @@ interface ServerState {
   stopping: boolean;
   /** Sockets sending a reply right now. */
   busy: Set<Deno.DatagramConn>;
-  log: ((line: string) => void) | null;
+  /** Where log lines go, floods summed up; null for none. */
+  logs: LogLimiter | null;
+  /** Refuses replies that could start or feed a loop. */
+  guard: LoopGuard;
 }
 
 /**
@@ -159,7 +349,14 @@ export async function startUdpServer(options: UdpServerOptions = {}): Promise<Ud
   const { hostname = "localhost", port = DEFAULT_PORT, signal, log = console.log } = options;
   requireUnstableNet();
   const sockets = listenAll(hostname, port);
-  const server: ServerState = { stopping: false, busy: new Set(), log };
+  const logs = log ? new LogLimiter(log) : null;
+  const ownPort = (sockets[0].addr as Deno.NetAddr).port;
+  const server: ServerState = {
+    stopping: false,
+    busy: new Set(),
+    logs,
+    guard: new LoopGuard(ownPort, logs),
+  };
   const loops = sockets.map(async (socket) => {
     try {
       await serveDatagrams(socket, server);
@@ -175,7 +372,7 @@ export async function startUdpServer(options: UdpServerOptions = {}): Promise<Ud
   };
   if (signal?.aborted) stop();
   else signal?.addEventListener("abort", stop, { once: true });
-  const finished = Promise.all(loops).then(() => {});
+  const finished = Promise.all(loops).then(() => logs?.close());
   // Binding above is synchronous; staying async means a bind error reaches
   // the caller as a rejected promise, like every other failure here.
   await Promise.resolve();

@@ -3,7 +3,7 @@
  * subprocess. Every reply is compared byte for byte with expectedReply().
  */
 import assert from "node:assert/strict";
-import { startUdpServer } from "../udp_server.ts";
+import { LOG_LINES_PER_SECOND, LOOP_BUDGET, refusalReason, startUdpServer } from "../udp_server.ts";
 import {
   assertBytes,
   expectedReply,
@@ -14,8 +14,34 @@ import {
   SUBPROCESS,
   udpExchange,
   utf8,
+  waitUntil,
   withServer,
 } from "./helpers.ts";
+
+function figures(line: string) {
+  console.log(`[figures] ${line}`);
+}
+
+/** Sends `data` from a socket bound to `from` and resolves to the reply, or undefined. */
+async function exchangeFrom(
+  from: { hostname: string; port: number },
+  port: number,
+  data: Uint8Array,
+  ms = 2000,
+) {
+  const socket = Deno.listenDatagram({ transport: "udp", ...from });
+  const receiving = socket.receive();
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    await socket.send(data, { transport: "udp", hostname: "127.0.0.1", port });
+    const late = new Promise<undefined>((r) => timer = setTimeout(() => r(undefined), ms));
+    return (await Promise.race([receiving, late]))?.[0];
+  } finally {
+    clearTimeout(timer);
+    socket.close();
+    await receiving.catch(() => {});
+  }
+}
 
 /** Sends one datagram and checks the exact reply and that it came from the server. */
 async function checkReply(port: number, data: Uint8Array, hostname = "127.0.0.1") {
@@ -197,5 +223,339 @@ Deno.test({
     } finally {
       taken.close();
     }
+  },
+});
+
+// --- hostile input: loops ("Loop DoS", CVE-2024-2169) ------------------------
+
+/** Binds a UDP socket, or returns undefined if the address is taken. */
+function tryListen(hostname: string, port: number): Deno.DatagramConn | undefined {
+  try {
+    return Deno.listenDatagram({ transport: "udp", hostname, port });
+  } catch (error) {
+    if (error instanceof Deno.errors.AddrInUse) return undefined;
+    throw error;
+  }
+}
+
+/**
+ * Plays another server on `socket`: sends `first` to the server at
+ * 127.0.0.1:`server`, then answers every datagram that comes back with
+ * `transform(datagram)`, until `ms` pass or `max` datagrams came. Resolves to
+ * how many datagrams the server sent. Without a loop defence the exchange
+ * never ends by itself: only these bounds end it.
+ */
+async function bounce(socket: Deno.DatagramConn, options: {
+  server: number;
+  first: Uint8Array[];
+  transform: (data: Uint8Array) => Uint8Array;
+  ms?: number;
+  max?: number;
+}): Promise<number> {
+  const { server, first, transform, ms = 400, max = 20_000 } = options;
+  const to = { transport: "udp" as const, hostname: "127.0.0.1", port: server };
+  const stopAt = performance.now() + ms;
+  let received = 0;
+  let pending: Promise<[Uint8Array, Deno.Addr]> | undefined;
+  try {
+    for (const data of first) await socket.send(data, to);
+    while (received < max) {
+      const left = stopAt - performance.now();
+      if (left <= 0) break;
+      pending ??= socket.receive();
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const quiet = new Promise<undefined>((r) => timer = setTimeout(() => r(undefined), left));
+      const result = await Promise.race([pending, quiet]);
+      clearTimeout(timer);
+      if (result === undefined) break;
+      pending = undefined;
+      received++;
+      await socket.send(transform(result[0]), result[1]);
+    }
+  } finally {
+    socket.close();
+    await pending?.catch(() => {});
+  }
+  return received;
+}
+
+/** Datagrams a server says it served: its "Served" lines plus its summaries. */
+function servedCount(log: string[]): number {
+  let count = 0;
+  for (const line of log) {
+    if (line.startsWith("Served ")) count++;
+    const more = /^\(\.\.\. and (\d+) more datagrams served /.exec(line);
+    if (more) count += Number(more[1]);
+  }
+  return count;
+}
+
+Deno.test({
+  name: "udp server: refusalReason refuses its own port and ports below 1024, nothing else",
+  fn: () => {
+    const from = (hostname: string, port: number) => ({
+      transport: "udp" as const,
+      hostname,
+      port,
+    });
+    assert.match(refusalReason(from("127.0.0.1", 12000), 12000)!, /this server's own port/);
+    assert.match(refusalReason(from("10.0.0.9", 12000), 12000)!, /this server's own port/);
+    assert.match(refusalReason(from("::1", 12000), 12000)!, /this server's own port/);
+    for (const port of [0, 7, 19, 53, 123, 1023]) {
+      assert.match(refusalReason(from("127.0.0.2", port), 12000)!, /belongs to a service/);
+    }
+    for (const port of [1024, 11999, 12001, 32768, 60999, 65535]) {
+      assert.equal(refusalReason(from("127.0.0.2", port), 12000), undefined);
+    }
+  },
+});
+
+Deno.test({
+  name: "udp server: datagrams from its own port on another address (a second server) get no reply",
+  permissions: NET,
+  fn: async () => {
+    for (let attempt = 1;; attempt++) {
+      let tookPlace = false;
+      let served: string[] = []; // the log, read after shutdown: its last summary
+      await withServer(startUdpServer, { hostname: "127.0.0.1" }, async (port, log) => {
+        // Another uppercase server, on 127.0.0.2 and the same port as ours.
+        const other = tryListen("127.0.0.2", port);
+        if (!other) return; // taken: try another port
+        tookPlace = true;
+        const first = Array.from({ length: 50 }, (_, i) => utf8(`hello ${i}`));
+        const received = await bounce(other, { server: port, first, transform: expectedReply });
+        figures(`same-port loop: ${received} datagrams from our server in 0.4 s (50 sent)`);
+        assert.equal(received, 0, "our server answered a server on its own port");
+        served = log;
+      });
+      if (!tookPlace && attempt < 5) continue;
+      assert.ok(tookPlace, "127.0.0.2 had no free port like ours in 5 tries");
+      // 50 refusals: a few lines, then one summary line (written at shutdown).
+      const refused = served.filter((line) => line.startsWith("Did not answer 127.0.0.2:"));
+      assert.ok(refused.length >= 1 && refused.length <= LOG_LINES_PER_SECOND, served.join("\n"));
+      assert.match(
+        refused[0],
+        /: it comes from this server's own port \(forged, or another server/,
+      );
+      assert.match(served.join("\n"), /\(\.\.\. and \d+ more datagrams not answered/);
+      return;
+    }
+  },
+});
+
+Deno.test({
+  name: "udp server: a loop with an echo server on another port ends after LOOP_BUDGET replies",
+  permissions: NET,
+  fn: () =>
+    withServer(startUdpServer, { hostname: "127.0.0.1" }, async (port, log) => {
+      // An echo server on 127.0.0.3, kicked off with three uppercase datagrams:
+      // three loops at once, every datagram in them a fixed point of uppercasing.
+      const echo = Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.3", port: 0 });
+      const echoPort = (echo.addr as Deno.NetAddr).port;
+      const first = [utf8("LOOP 1"), utf8("LOOP 2"), utf8("LOOP 3")];
+      const received = await bounce(echo, { server: port, first, transform: (d) => d });
+      figures(`loop with an echo server: ${received} datagrams from our server in 0.4 s`);
+      // One window of LOOP_BUDGET, or two if the loops straddle a window edge.
+      assert.ok(received <= 2 * LOOP_BUDGET, `${received} replies in a loop`);
+      const stopped = log.filter((line) =>
+        line.startsWith(`Stopped answering 127.0.0.3:${echoPort}`)
+      );
+      assert.ok(stopped.length >= 1 && stopped.length <= 2, log.join("\n"));
+      assert.match(stopped[0], /over 100 datagrams in 1 s that uppercasing does not change/);
+      // Ordinary clients, and lowercase text from that very address, are still served.
+      await checkReply(port, utf8("an ordinary client"));
+      const from = { hostname: "127.0.0.3", port: echoPort };
+      const again = await exchangeFrom(from, port, utf8("lower"));
+      assert.equal(again && new TextDecoder().decode(again), "LOWER");
+    }),
+});
+
+/** Whether this process may send IPv4 datagrams with a made-up source (root). */
+const canForge = await (async () => {
+  try {
+    const probe =
+      "import socket; socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)";
+    const { success } = await new Deno.Command("python3", {
+      args: ["-c", probe],
+      stdout: "null",
+      stderr: "null",
+    }).output();
+    return success;
+  } catch {
+    return false; // no python3, or no --allow-run
+  }
+})();
+if (!canForge) {
+  console.log("[skipped] forged-source tests: they need python3 and root (raw sockets)");
+}
+
+/** Sends one datagram with a forged source address, through a raw socket (root). */
+async function forge(from: [string, number], to: [string, number], text: string) {
+  const script = `
+import socket, struct, sys
+src, sport, dst, dport, payload = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5].encode()
+udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, socket.IPPROTO_UDP, 0,
+                 socket.inet_aton(src), socket.inet_aton(dst))
+socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW).sendto(ip + udp, (dst, 0))
+`;
+  const args = ["-c", script, from[0], String(from[1]), to[0], String(to[1]), text];
+  const { success, stderr } = await new Deno.Command("python3", { args, stdout: "null" }).output();
+  assert.ok(success, new TextDecoder().decode(stderr));
+}
+
+/** Runs `body` with two in-process servers, A on 127.0.0.1 and B on `bHost` (port as asked). */
+async function withTwoServers(
+  bHost: string,
+  bPort: (aPort: number) => number,
+  body: (a: { port: number; log: string[] }, b: { port: number; log: string[] }) => Promise<void>,
+) {
+  for (let attempt = 1;; attempt++) {
+    try {
+      await withServer(startUdpServer, { hostname: "127.0.0.1" }, (aPort, aLog) =>
+        withServer(
+          startUdpServer,
+          { hostname: bHost, port: bPort(aPort) },
+          (port, log) => body({ port: aPort, log: aLog }, { port, log }),
+        ));
+      return;
+    } catch (error) {
+      if (!(error instanceof Deno.errors.AddrInUse) || attempt === 5) throw error;
+    }
+  }
+}
+
+Deno.test({
+  name: "udp server (forged, root): a datagram from its own address and port gets no reply",
+  ignore: !canForge,
+  permissions: { net: true, run: true },
+  fn: () =>
+    withServer(startUdpServer, { hostname: "127.0.0.1" }, async (port, log) => {
+      await forge(["127.0.0.1", port], ["127.0.0.1", port], "hello");
+      const refused = new RegExp(`^Did not answer 127\\.0\\.0\\.1:${port}: it comes from this`);
+      await waitUntil(() => log.some((l) => refused.test(l)), 2000, () => log.join("\n"));
+      await new Promise((r) => setTimeout(r, 200)); // a loop would show by now
+      assert.equal(servedCount(log), 0, log.join("\n"));
+    }),
+});
+
+Deno.test({
+  name: "udp server (forged, root): two of our servers on the same port: the loop never starts",
+  ignore: !canForge,
+  permissions: { net: true, run: true },
+  fn: () =>
+    withTwoServers("127.0.0.2", (aPort) => aPort, async (a, b) => {
+      await forge(["127.0.0.2", b.port], ["127.0.0.1", a.port], "hello");
+      const refused = new RegExp(`^Did not answer 127\\.0\\.0\\.2:${b.port}: it comes from this`);
+      await waitUntil(() => a.log.some((l) => refused.test(l)), 2000, () => a.log.join("\n"));
+      await new Promise((r) => setTimeout(r, 200));
+      figures(`forged same-port loop: ${servedCount(a.log) + servedCount(b.log)} datagrams`);
+      assert.equal(servedCount(a.log) + servedCount(b.log), 0);
+    }),
+});
+
+Deno.test({
+  name: "udp server (forged, root): two of our servers on different ports: the loop ends",
+  ignore: !canForge,
+  permissions: { net: true, run: true },
+  fn: async () => {
+    const logs: string[][] = [];
+    await withTwoServers("127.0.0.1", () => 0, async (a, b) => {
+      await forge(["127.0.0.1", b.port], ["127.0.0.1", a.port], "hello");
+      const stopped = () => [...a.log, ...b.log].some((l) => l.startsWith("Stopped answering"));
+      await waitUntil(stopped, 2000, () => [...a.log, ...b.log].join("\n"));
+      await new Promise((r) => setTimeout(r, 200)); // the loop would go on meanwhile
+      logs.push(a.log, b.log);
+    });
+    // Counted after shutdown, which writes the last summary lines.
+    const total = servedCount(logs[0]) + servedCount(logs[1]);
+    figures(`forged loop between two servers on two ports: ${total} datagrams in all`);
+    assert.ok(total <= 4 * LOOP_BUDGET + 1, `${total} datagrams`);
+  },
+});
+
+/** Whether this process may bind a port below 1024 (root, or a lowered limit). */
+const lowPortSocket = (() => {
+  try {
+    return Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.2", port: 7 });
+  } catch {
+    return undefined;
+  }
+})();
+lowPortSocket?.close();
+
+Deno.test({
+  name: "udp server: a datagram from a port below 1024 (echo, port 7) gets no reply",
+  ignore: lowPortSocket === undefined,
+  permissions: NET,
+  fn: () =>
+    withServer(startUdpServer, { hostname: "127.0.0.1" }, async (port, log) => {
+      const echo = Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.2", port: 7 });
+      const received = await bounce(echo, {
+        server: port,
+        first: [utf8("hello")],
+        transform: (d) => d,
+        ms: 200,
+      });
+      assert.equal(received, 0);
+      assert.match(log.join("\n"), /^Did not answer 127\.0\.0\.2:7: port 7 belongs to a service/m);
+    }),
+});
+
+// --- hostile input: log floods --------------------------------
+
+Deno.test({
+  name: "udp server: a flood is logged as a few lines per second and a summary, all counted",
+  permissions: NET,
+  fn: async () => {
+    let log: string[] = []; // read after shutdown, which writes the last summary
+    let answered = 0;
+    const sent = 20 * 50;
+    await withServer(startUdpServer, { hostname: "127.0.0.1" }, async (port, serverLog) => {
+      log = serverLog;
+      await Promise.all(Array.from({ length: 20 }, async (_, s) => {
+        const socket = Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port: 0 });
+        let receiving: Promise<[Uint8Array, Deno.Addr]> | undefined;
+        try {
+          for (let i = 0; i < 50; i++) {
+            await socket.send(utf8(`flood ${s}.${i}`), {
+              transport: "udp",
+              hostname: "127.0.0.1",
+              port,
+            });
+          }
+          // Replies until all came or 300 ms pass without one.
+          for (let got = 0; got < 50; got++) {
+            receiving ??= socket.receive();
+            let timer: ReturnType<typeof setTimeout> | undefined;
+            const quiet = new Promise<undefined>((r) =>
+              timer = setTimeout(() => r(undefined), 300)
+            );
+            const result = await Promise.race([receiving, quiet]);
+            clearTimeout(timer);
+            if (result === undefined) break;
+            receiving = undefined;
+            answered++;
+          }
+        } finally {
+          socket.close();
+          await receiving?.catch(() => {});
+        }
+      }));
+    });
+    const verbatim = log.filter((line) => line.startsWith("Served ")).length;
+    const summaries = log.filter((line) => /^\(\.\.\. and \d+ more datagrams served in/.test(line));
+    figures(
+      `log flood: ${sent} datagrams sent, ${answered} answered, ${log.length} log lines ` +
+        `(${verbatim} verbatim, ${summaries.length} summaries)`,
+    );
+    assert.ok(answered > 2 * LOG_LINES_PER_SECOND, `only ${answered} answered`);
+    // At most LOG_LINES_PER_SECOND a second; each second past it has one summary.
+    assert.ok(verbatim <= LOG_LINES_PER_SECOND * (summaries.length + 1), log.join("\n"));
+    assert.ok(summaries.length >= 1, log.join("\n"));
+    assert.ok(log.length <= 5 * (LOG_LINES_PER_SECOND + 1), `${log.length} lines`);
+    // Nothing is lost from the count: every reply is a line or in a summary.
+    const counted = servedCount(log);
+    assert.ok(counted >= answered && counted <= sent, `${counted} counted, ${answered} answered`);
   },
 });
