@@ -558,6 +558,166 @@ function describe(error: unknown, context?: { hostname: string; port: number }):
   return message.split("\n")[0];
 }
 
+// --- Signals -------------------------------------------------------------------
+
+/** Signals that stop the server; SIGHUP is the terminal closing. */
+const STOP_SIGNALS = { SIGHUP: 1, SIGINT: 2, SIGTERM: 15 } as const;
+
+/** A signal that stops the server. */
+export type StopSignal = keyof typeof STOP_SIGNALS;
+
+/**
+ * Signals this soon after the first are the same one: under `deno task`,
+ * Ctrl-C reaches the server twice within milliseconds (from the terminal, and
+ * forwarded by deno task).
+ */
+export const SIGNAL_REPEAT_MS = 200;
+
+/**
+ * What a stop signal means: the first starts the graceful shutdown, a repeat
+ * within {@linkcode SIGNAL_REPEAT_MS} is ignored, a later one quits at once
+ * with the shell's code for death by that signal, 128 + its number.
+ *
+ * @param msSinceFirst milliseconds since the first stop signal, or undefined
+ *   if this is the first.
+ *
+ * @example
+ * ```ts
+ * signalAction("SIGINT", undefined); // "shut down"
+ * signalAction("SIGINT", 5); // "ignore"
+ * signalAction("SIGTERM", 900); // 143
+ * ```
+ */
+export function signalAction(
+  signal: StopSignal,
+  msSinceFirst: number | undefined,
+): "shut down" | "ignore" | number {
+  if (msSinceFirst === undefined) return "shut down";
+  if (msSinceFirst < SIGNAL_REPEAT_MS) return "ignore";
+  return 128 + STOP_SIGNALS[signal];
+}
+
+/**
+ * Calls `onFirst` on the first stop signal and quits at once on a later
+ * one; returns a function that removes the listeners.
+ */
+function onStopSignals(onFirst: () => void): () => void {
+  let firstAt: number | undefined;
+  const listeners = (Object.keys(STOP_SIGNALS) as StopSignal[]).map((signal) => {
+    const listener = () => {
+      const action = signalAction(
+        signal,
+        firstAt === undefined ? undefined : performance.now() - firstAt,
+      );
+      if (action === "shut down") {
+        firstAt = performance.now();
+        onFirst();
+      } else if (action !== "ignore") {
+        Deno.exit(action); // a second signal: quit now
+      }
+    };
+    try {
+      Deno.addSignalListener(signal, listener);
+    } catch {
+      // Windows has no SIGTERM or SIGHUP; Ctrl-C still works there.
+    }
+    return [signal, listener] as const;
+  });
+  return () => {
+    for (const [signal, listener] of listeners) {
+      try {
+        Deno.removeSignalListener(signal, listener);
+      } catch {
+        // Never added.
+      }
+    }
+  };
+}
+
+// --- Log output that never blocks ----------------------------------------------
+
+/** Log lines that may wait for the output; past it, lines are dropped and counted. */
+export const LOG_QUEUE_LINES = 1000;
+
+/** How long the goodbye waits for a stuck output before the server exits anyway. */
+const LOG_FLUSH_MS = 2000;
+
+/**
+ * Writes log lines without ever making the server wait. console.log is a
+ * synchronous write: with stdout a pipe nobody reads (full at 64 KiB), it
+ * freezes the whole server. Here lines wait in a bounded queue, and one
+ * asynchronous write at a time takes them out. When the queue is full, lines
+ * are dropped and counted, and the count is written once the output moves.
+ *
+ * @example
+ * ```ts
+ * const out = new LineWriter(Deno.stdout);
+ * out.line("The server is ready to receive on 127.0.0.1:12000");
+ * await out.flush(2000);
+ * ```
+ */
+export class LineWriter {
+  #output: { write(p: Uint8Array): Promise<number> };
+  #queue: string[] = [];
+  #dropped = 0;
+  #writing: Promise<void> | undefined;
+  #broken = false;
+
+  constructor(output: { write(p: Uint8Array): Promise<number> }) {
+    this.#output = output;
+  }
+
+  /** Queues one line; never waits. An arrow function, so it can be passed as `log`. */
+  line = (text: string) => {
+    if (this.#broken) return;
+    if (this.#queue.length >= LOG_QUEUE_LINES) {
+      this.#dropped++;
+      return;
+    }
+    this.#queue.push(text);
+    this.#writing ??= this.#drain();
+  };
+
+  async #drain() {
+    const encoder = new TextEncoder();
+    try {
+      while (this.#queue.length > 0) {
+        let text = this.#queue.join("\n") + "\n";
+        this.#queue = [];
+        // Lines were dropped after the ones just taken, before any later one.
+        if (this.#dropped > 0) {
+          text += `(${this.#dropped} log lines dropped: the output could not keep up)\n`;
+          this.#dropped = 0;
+        }
+        const bytes = encoder.encode(text);
+        for (let written = 0; written < bytes.length;) {
+          written += await this.#output.write(bytes.subarray(written));
+        }
+      }
+    } catch {
+      // The output is closed (nobody will ever read it): stop writing.
+      this.#broken = true;
+      this.#queue = [];
+    } finally {
+      this.#writing = undefined;
+    }
+  }
+
+  /** Resolves to true once every queued line is written, or false after `ms`. */
+  async flush(ms: number): Promise<boolean> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const late = new Promise<false>((resolve) => timer = setTimeout(() => resolve(false), ms));
+    try {
+      while (this.#writing) {
+        if (!await Promise.race([this.#writing.then(() => true), late])) return false;
+      }
+      return true;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+}
+
 /**
  * Runs the server from the command line and resolves to the exit code.
  *
@@ -579,43 +739,41 @@ export async function main(args: string[]): Promise<number> {
     return 0;
   }
 
+  const out = new LineWriter(Deno.stdout);
   const controller = new AbortController();
-  let signals = 0;
-  const onSignal = () => {
-    if (++signals > 1) Deno.exit(130); // second signal: quit at once
-    console.log("Shutting down: sending the reply in flight (press Ctrl-C again to quit now)");
+  const removeListeners = onStopSignals(() => {
+    out.line("Shutting down: sending the reply in flight (press Ctrl-C again to quit now)");
     controller.abort();
-  };
-  for (const name of ["SIGINT", "SIGTERM"] as const) {
-    try {
-      Deno.addSignalListener(name, onSignal);
-    } catch {
-      // Windows has no SIGTERM; Ctrl-C still works there.
-    }
-  }
-
-  let server: UdpServer;
+  });
   try {
-    server = await startUdpServer({
-      hostname: options.hostname,
-      port: options.port,
-      signal: controller.signal,
-      log: options.quiet ? null : console.log,
-    });
-  } catch (error) {
-    printError(describe(error, options));
-    const invocation = error instanceof Deno.errors.NotCapable || error instanceof UnstableNetError;
-    return invocation ? 2 : 1;
+    let server: UdpServer;
+    try {
+      server = await startUdpServer({
+        hostname: options.hostname,
+        port: options.port,
+        signal: controller.signal,
+        log: options.quiet ? null : out.line,
+      });
+    } catch (error) {
+      printError(describe(error, options));
+      const invocation = error instanceof Deno.errors.NotCapable ||
+        error instanceof UnstableNetError;
+      return invocation ? 2 : 1;
+    }
+    out.line(`The server is ready to receive on ${formatAddrs(server.addrs)}`);
+    out.line(
+      isLoopback(options.hostname)
+        ? "Only this machine can reach it (loopback); use --host 0.0.0.0 or --host :: to serve other hosts."
+        : `Serving other hosts too (--host ${options.hostname}): anyone who can reach this machine can send to it.`,
+    );
+    await server.finished;
+    out.line("The server has shut down.");
+    // A stdout nobody reads must not keep the server from exiting.
+    await out.flush(LOG_FLUSH_MS);
+    return 0;
+  } finally {
+    removeListeners();
   }
-  console.log(`The server is ready to receive on ${formatAddrs(server.addrs)}`);
-  console.log(
-    isLoopback(options.hostname)
-      ? "Only this machine can reach it (loopback); use --host 0.0.0.0 or --host :: to serve other hosts."
-      : `Serving other hosts too (--host ${options.hostname}): anyone who can reach this machine can send to it.`,
-  );
-  await server.finished;
-  console.log("The server has shut down.");
-  return 0;
 }
 
 function isLoopback(hostname: string): boolean {

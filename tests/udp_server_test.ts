@@ -3,7 +3,16 @@
  * subprocess. Every reply is compared byte for byte with expectedReply().
  */
 import assert from "node:assert/strict";
-import { LOG_LINES_PER_SECOND, LOOP_BUDGET, refusalReason, startUdpServer } from "../udp_server.ts";
+import {
+  LineWriter,
+  LOG_LINES_PER_SECOND,
+  LOG_QUEUE_LINES,
+  LOOP_BUDGET,
+  refusalReason,
+  SIGNAL_REPEAT_MS,
+  signalAction,
+  startUdpServer,
+} from "../udp_server.ts";
 import {
   assertBytes,
   expectedReply,
@@ -11,10 +20,13 @@ import {
   NET,
   NO_NET_ERROR,
   Program,
+  reserveFixedPort,
+  ROOT,
   SUBPROCESS,
   udpExchange,
   utf8,
   waitUntil,
+  withDeadline,
   withServer,
 } from "./helpers.ts";
 
@@ -502,7 +514,7 @@ Deno.test({
     }),
 });
 
-// --- hostile input: log floods --------------------------------
+// --- hostile input: log floods and a stuck output --------------------------------
 
 Deno.test({
   name: "udp server: a flood is logged as a few lines per second and a summary, all counted",
@@ -557,5 +569,220 @@ Deno.test({
     // Nothing is lost from the count: every reply is a line or in a summary.
     const counted = servedCount(log);
     assert.ok(counted >= answered && counted <= sent, `${counted} counted, ${answered} answered`);
+  },
+});
+
+Deno.test({
+  name: "udp server: LineWriter never waits; past LOG_QUEUE_LINES it drops and counts",
+  fn: async () => {
+    const written: string[] = [];
+    let release: () => void = () => {};
+    const stuck = new Promise<void>((resolve) => release = resolve);
+    const output = {
+      async write(bytes: Uint8Array) {
+        await stuck; // like a pipe nobody reads, until release()
+        written.push(new TextDecoder().decode(bytes));
+        return bytes.length;
+      },
+    };
+    const out = new LineWriter(output);
+    const total = LOG_QUEUE_LINES + 500;
+    for (let i = 1; i <= total; i++) out.line(`line ${i}`); // returns at once: no await
+    assert.equal(await out.flush(50), false, "flush gives up on a stuck output");
+    release();
+    assert.equal(await out.flush(1000), true);
+    const lines = written.join("").split("\n").slice(0, -1);
+    // Line 1 was being written; lines 2 to 1001 waited; the rest were dropped.
+    assert.equal(lines.length, 1 + LOG_QUEUE_LINES + 1);
+    assert.equal(lines[0], "line 1");
+    assert.equal(lines[LOG_QUEUE_LINES], `line ${LOG_QUEUE_LINES + 1}`);
+    assert.equal(
+      lines.at(-1),
+      `(${total - 1 - LOG_QUEUE_LINES} log lines dropped: the output could not keep up)`,
+    );
+    out.line("after");
+    assert.equal(await out.flush(1000), true);
+    assert.equal(written.at(-1), "after\n");
+  },
+});
+
+/**
+ * The UDP server as a subprocess whose stdout is a pipe this test does not
+ * read, filled to the brim (64 KiB), as when nobody reads a server's output
+ * for a while. Linux only: it fills the pipe through /proc/PID/fd/1.
+ */
+class StuckServer implements AsyncDisposable {
+  readonly child: Deno.ChildProcess;
+  readonly port: number;
+  #stderr: Promise<string>;
+  #stdout: Promise<string> | undefined;
+
+  private constructor(child: Deno.ChildProcess, port: number) {
+    this.child = child;
+    this.port = port;
+    this.#stderr = new Response(child.stderr).text();
+  }
+
+  static async start(): Promise<StuckServer> {
+    using reserved = await reserveFixedPort();
+    const env = Deno.env.toObject();
+    delete env.RUST_BACKTRACE;
+    env.NO_COLOR = "1";
+    const port = reserved.port;
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "--no-prompt", "--allow-net", `${ROOT}udp_server.ts`, "--host", "127.0.0.1"]
+        .concat(["--port", String(port)]),
+      cwd: ROOT,
+      clearEnv: true,
+      env,
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const server = new StuckServer(child, port);
+    try {
+      // Its ready line is not read: ready is when it answers.
+      await waitFor(async () => !!await udpExchange({ port, data: utf8("ready?"), ms: 100 }));
+      await server.#fill();
+    } catch (error) {
+      await server[Symbol.asyncDispose]();
+      throw error;
+    }
+    return server;
+  }
+
+  /** Fills the stdout pipe: dd writes without blocking until the pipe is full. */
+  async #fill() {
+    const { stderr } = await new Deno.Command("dd", {
+      args: ["if=/dev/zero", `of=/proc/${this.child.pid}/fd/1`, "bs=65536", "count=2"]
+        .concat(["oflag=nonblock"]),
+      stdout: "null",
+    }).output();
+    const why = new TextDecoder().decode(stderr);
+    assert.match(why, /Resource temporarily unavailable/, `dd did not fill the pipe: ${why}`);
+  }
+
+  /** Starts reading stdout; resolves to its lines (past the filling) at exit. */
+  drain(): Promise<string[]> {
+    this.#stdout ??= new Response(this.child.stdout).text();
+    return this.#stdout.then((text) => text.replaceAll("\0", "").split("\n").filter(Boolean));
+  }
+
+  /** Waits for the exit within `ms`; resolves to the exit code. */
+  async exitCode(ms = 5000): Promise<number> {
+    return (await withDeadline(this.child.status, ms, "the server to exit")).code;
+  }
+
+  async stderr(): Promise<string> {
+    return await this.#stderr;
+  }
+
+  async [Symbol.asyncDispose]() {
+    try {
+      this.child.kill("SIGKILL");
+    } catch {
+      // Already exited.
+    }
+    await this.child.status;
+    if (this.#stdout === undefined) await this.child.stdout.cancel();
+    else await this.#stdout;
+    await this.#stderr;
+  }
+}
+
+/** Resolves once `condition()` resolves to true, trying every 20 ms for `ms`. */
+async function waitFor(condition: () => Promise<boolean>, ms = 5000) {
+  const stopAt = performance.now() + ms;
+  while (!await condition()) {
+    if (performance.now() > stopAt) throw new Error(`Deadline: waited ${ms} ms`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+const onLinux = Deno.build.os === "linux";
+
+Deno.test({
+  name: "udp server (subprocess): with stdout a full pipe nobody reads, clients are still served",
+  ignore: !onLinux,
+  permissions: SUBPROCESS,
+  fn: async () => {
+    await using server = await StuckServer.start();
+    // Every datagram now adds a log line the server cannot write.
+    for (let i = 0; i < 5; i++) {
+      const started = performance.now();
+      await checkReply(server.port, utf8(`good client ${i}`));
+      const ms = performance.now() - started;
+      assert.ok(ms < 2000, `served after ${ms} ms`);
+    }
+    server.child.kill("SIGTERM");
+    const lines = await server.drain(); // someone reads at last
+    assert.equal(await server.exitCode(), 0, await server.stderr());
+    assert.equal(lines.at(-1), "The server has shut down.");
+    assert.ok(lines.some((line) => /^Served 127\.0\.0\.1:\d+: 13 bytes in/.test(line)));
+  },
+});
+
+// --- signals ---------------------------------------------------------------------
+
+Deno.test({
+  name: "udp server: signalAction: a repeat within 200 ms is the same signal; later, 128 + n",
+  fn: () => {
+    assert.equal(SIGNAL_REPEAT_MS, 200);
+    for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
+      assert.equal(signalAction(signal, undefined), "shut down");
+      assert.equal(signalAction(signal, 0), "ignore");
+      assert.equal(signalAction(signal, 199), "ignore");
+    }
+    assert.equal(signalAction("SIGINT", 200), 130);
+    assert.equal(signalAction("SIGTERM", 200), 143);
+    assert.equal(signalAction("SIGHUP", 5000), 129);
+  },
+});
+
+Deno.test({
+  name: "udp server (subprocess): SIGHUP (terminal closed) shuts down gracefully, exit 0",
+  permissions: SUBPROCESS,
+  fn: async () => {
+    await using server = Program.start("udp_server.ts", ["--port", "0"]);
+    const port = await server.readyPort();
+    await checkReply(port, utf8("before the hangup"));
+    server.kill("SIGHUP");
+    const { code, stdout } = await server.finish();
+    assert.equal(code, 0);
+    assert.match(stdout, /^Shutting down/m);
+    assert.match(stdout, /The server has shut down\.$/);
+  },
+});
+
+for (const [signal, code] of [["SIGTERM", 143], ["SIGINT", 130]] as const) {
+  Deno.test({
+    name:
+      `udp server (subprocess): a second ${signal} 300 ms into the shutdown quits, exit ${code}`,
+    ignore: !onLinux,
+    permissions: SUBPROCESS,
+    fn: async () => {
+      // The full stdout holds the shutdown at its last step, writing the goodbye.
+      await using server = await StuckServer.start();
+      server.child.kill(signal);
+      await new Promise((r) => setTimeout(r, 300));
+      server.child.kill(signal);
+      assert.equal(await server.exitCode(3000), code);
+    },
+  });
+}
+
+Deno.test({
+  name: "udp server (subprocess): two SIGINTs 50 ms apart (Ctrl-C under deno task) are one",
+  ignore: !onLinux,
+  permissions: SUBPROCESS,
+  fn: async () => {
+    await using server = await StuckServer.start(); // holds the shutdown, as above
+    server.child.kill("SIGINT");
+    await new Promise((r) => setTimeout(r, 50));
+    server.child.kill("SIGINT");
+    await new Promise((r) => setTimeout(r, 150)); // the second one is handled by now
+    const lines = await server.drain();
+    assert.equal(await server.exitCode(), 0);
+    assert.equal(lines.at(-1), "The server has shut down.");
   },
 });
