@@ -538,10 +538,7 @@ function shortParseError(error: unknown): string {
 function describe(error: unknown, context?: { hostname: string; port: number }): string {
   const where = context ? `${context.hostname}:${context.port}` : "";
   if (error instanceof UnstableNetError) return error.message;
-  if (error instanceof Deno.errors.NotCapable) {
-    return "Network access is not allowed: run again with the --allow-net flag " +
-      "(deno run --allow-net --unstable-net udp_server.ts)";
-  }
+  if (error instanceof Deno.errors.NotCapable) return permissionMessage(error, context);
   if (error instanceof Deno.errors.AddrInUse) {
     return `Address ${where} is already in use: stop the other server or choose another --port`;
   }
@@ -556,6 +553,50 @@ function describe(error: unknown, context?: { hostname: string; port: number }):
     return `Unknown host "${context?.hostname}": check the --host name`;
   }
   return message.split("\n")[0];
+}
+
+/**
+ * Says which network permission is missing. Without any --allow-net, the
+ * fix is the flag; with a grant that is too narrow (a port, or 127.0.0.1
+ * without ::1), it names the address that was refused and the grant to give.
+ */
+function permissionMessage(
+  error: Deno.errors.NotCapable,
+  context?: { hostname: string; port: number },
+): string {
+  // Deno's message: Requires net access to "[::1]:12000", run again with ...
+  const denied = /Requires net access to "([^"]+)"/.exec(error.message)?.[1];
+  const hosts = context?.hostname === "localhost"
+    ? ["127.0.0.1", "[::1]"]
+    : [bracketed(context?.hostname ?? "")];
+  // Was any grant given? Deno cannot say; ask about the likely addresses.
+  const likely = [...hosts, "127.0.0.1", "[::1]", "0.0.0.0", "[::]"];
+  const granted = context !== undefined &&
+    likely.some((host) => isGranted(`${host}:${context.port}`));
+  if (denied === undefined || !granted) {
+    return "Network access is not allowed: run again with the --allow-net flag " +
+      "(deno run --allow-net --unstable-net udp_server.ts)";
+  }
+  if (!isLoopback(context!.hostname)) {
+    return `Network access to ${denied} is not in the --allow-net grant: a server for other ` +
+      "hosts needs the whole --allow-net flag (it answers each client at its own address and port)";
+  }
+  return `Network access to ${denied} is not in the --allow-net grant: grant the hosts without ` +
+    `a port, as in --allow-net=${hosts.join(",")} (each reply goes to the client's own port)`;
+}
+
+/** Whether this process may use the network at `host` ("127.0.0.1:12000"). */
+function isGranted(host: string): boolean {
+  try {
+    return Deno.permissions.querySync({ name: "net", host }).state === "granted";
+  } catch {
+    return false; // a host Deno cannot parse
+  }
+}
+
+/** An IPv6 address in brackets, as --allow-net writes it: [::1]. */
+function bracketed(hostname: string): string {
+  return hostname.includes(":") ? `[${hostname}]` : hostname;
 }
 
 // --- Signals -------------------------------------------------------------------

@@ -786,3 +786,42 @@ Deno.test({
     assert.equal(lines.at(-1), "The server has shut down.");
   },
 });
+
+// --- permissions -------------------------------------------------------------------
+
+Deno.test({
+  name: "udp server (subprocess): a grant without ::1 names [::1]:PORT and the grant to give",
+  permissions: SUBPROCESS,
+  fn: async () => {
+    using reserved = await reserveFixedPort();
+    const p = reserved.port;
+    const line = await expectOneLineError("udp_server.ts", ["--port", String(p)], {
+      code: 2,
+      pattern: new RegExp(
+        `^error: Network access to \\[::1\\]:${p} is not in the --allow-net grant: grant the ` +
+          "hosts without a port, as in --allow-net=127\\.0\\.0\\.1,\\[::1\\]",
+      ),
+      flags: [`--allow-net=127.0.0.1:${p}`],
+    });
+    assert.doesNotMatch(line, /run again with the --allow-net flag/);
+  },
+});
+
+Deno.test({
+  name: "udp server (subprocess): a grant with the port cannot reply; the log says what to grant",
+  permissions: SUBPROCESS,
+  fn: async () => {
+    using reserved = await reserveFixedPort();
+    const p = String(reserved.port);
+    await using server = Program.start("udp_server.ts", ["--host", "127.0.0.1", "--port", p], {
+      flags: [`--allow-net=127.0.0.1:${p}`],
+    });
+    const port = await server.readyPort();
+    assert.equal(await udpExchange({ port, data: utf8("hi"), ms: 300 }), undefined);
+    await server.waitForLine(
+      /^Could not reply to 127\.0\.0\.1:(\d+): the --allow-net grant does not include 127\.0\.0\.1:\1 \(replies go to each client's own port: grant hosts without a port, as in --allow-net=127\.0\.0\.1,\[::1\]\)$/,
+    );
+    server.kill("SIGTERM");
+    assert.equal((await server.finish()).code, 0);
+  },
+});
