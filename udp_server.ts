@@ -15,7 +15,9 @@
  * The first part of this file is the textbook's UDPServer.py, line for line;
  * the second part is what "good code" adds: whole datagrams of any size,
  * correct UTF-8, replies too big for a datagram dropped with a log line, both
- * loopback addresses, clear errors and a graceful shutdown.
+ * loopback addresses, no endless loops with other servers (forged senders),
+ * logs that a flood cannot fill and a full stdout cannot stall, clear errors
+ * and a graceful shutdown.
  *
  * @module
  */
@@ -464,8 +466,15 @@ Options:
   --host HOST    address to bind (default: localhost = 127.0.0.1 and ::1;
                  0.0.0.0 or :: serves other hosts)
   --port PORT    port to bind, 0 for any free port (default: ${DEFAULT_PORT})
-  --quiet        no log line per datagram
+  --quiet        no log lines (otherwise up to ${LOG_LINES_PER_SECOND} a second of each kind,
+                 then one summary line a second)
   --help         show this help
+
+Ctrl-C, SIGTERM and SIGHUP (the terminal closing) shut it down gracefully; a
+second one more than 0.2 s later quits at once. No reply goes to the
+server's own port or to ports below 1024, and a sender whose datagrams
+uppercasing leaves unchanged (a loop with another server) gets at most
+${LOOP_BUDGET} replies a second.
 
 Examples:
   deno run --allow-net udp_server.ts
