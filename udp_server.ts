@@ -266,7 +266,7 @@ type LogKind = keyof typeof LOG_KINDS;
 /**
  * Passes at most {@linkcode LOG_LINES_PER_SECOND} lines of each kind per
  * second to `log`, then one summary line per kind and second, as in
- * "(... and 5321 more datagrams served in the last second)". One timer for
+ * "... and 5321 more datagrams served in the last second". One timer for
  * the whole server, none per line.
  */
 class LogLimiter {
@@ -288,7 +288,7 @@ class LogLimiter {
   flush() {
     for (const kind of Object.keys(this.#counts) as LogKind[]) {
       const more = this.#counts[kind] - LOG_LINES_PER_SECOND;
-      if (more > 0) this.#log(`(... and ${more} more ${LOG_KINDS[kind]} in the last second)`);
+      if (more > 0) this.#log(`... and ${more} more ${LOG_KINDS[kind]} in the last second`);
       this.#counts[kind] = 0;
     }
   }

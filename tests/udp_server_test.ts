@@ -296,7 +296,7 @@ function servedCount(log: string[]): number {
   let count = 0;
   for (const line of log) {
     if (line.startsWith("Served ")) count++;
-    const more = /^\(\.\.\. and (\d+) more datagrams served /.exec(line);
+    const more = /^\.\.\. and (\d+) more datagrams served /.exec(line);
     if (more) count += Number(more[1]);
   }
   return count;
@@ -349,7 +349,7 @@ Deno.test({
         refused[0],
         /: it comes from this server's own port \(forged, or another server/,
       );
-      assert.match(served.join("\n"), /\(\.\.\. and \d+ more datagrams not answered/);
+      assert.match(served.join("\n"), /^\.\.\. and \d+ more datagrams not answered/m);
       return;
     }
   },
@@ -559,7 +559,7 @@ Deno.test({
       }));
     });
     const verbatim = log.filter((line) => line.startsWith("Served ")).length;
-    const summaries = log.filter((line) => /^\(\.\.\. and \d+ more datagrams served in/.test(line));
+    const summaries = log.filter((line) => /^\.\.\. and \d+ more datagrams served in/.test(line));
     figures(
       `log flood: ${sent} datagrams sent, ${answered} answered, ${log.length} log lines ` +
         `(${verbatim} verbatim, ${summaries.length} summaries)`,
