@@ -358,7 +358,7 @@ function permissionMessage(
   const example = grant
     ? `, as in --allow-net=${grant.join(",")}`
     : ` (a name needs the addresses it resolves to as well, with port ${port})`;
-  return `Network access to ${denied}${what} is not in the --allow-net grant: add it${example}`;
+  return `Network access to ${denied}${what} was not granted: add it to --allow-net${example}`;
 }
 
 /**

@@ -587,10 +587,10 @@ function permissionMessage(
       "(deno run --allow-net --unstable-net udp_server.ts)";
   }
   if (!isLoopback(context!.hostname)) {
-    return `Network access to ${denied} is not in the --allow-net grant: a server for other ` +
+    return `Network access to ${denied} was not granted: a server for other ` +
       "hosts needs the whole --allow-net flag (it answers each client at its own address and port)";
   }
-  return `Network access to ${denied} is not in the --allow-net grant: grant the hosts without ` +
+  return `Network access to ${denied} was not granted: grant the hosts without ` +
     `a port, as in --allow-net=${hosts.join(",")} (each reply goes to the client's own port)`;
 }
 

@@ -801,7 +801,7 @@ Deno.test({
     const line = await expectOneLineError("udp_server.ts", ["--port", String(p)], {
       code: 2,
       pattern: new RegExp(
-        `^error: Network access to \\[::1\\]:${p} is not in the --allow-net grant: grant the ` +
+        `^error: Network access to \\[::1\\]:${p} was not granted: grant the ` +
           "hosts without a port, as in --allow-net=127\\.0\\.0\\.1,\\[::1\\]",
       ),
       flags: [`--allow-net=127.0.0.1:${p}`],
