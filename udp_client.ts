@@ -167,7 +167,8 @@ async function resolve(hostname: string): Promise<string[]> {
   } catch (error) {
     if ((error as { code?: string }).code === "ENOTFOUND") throw new UnknownHostError(hostname);
     if ((error as { code?: string }).code === "EPERM") {
-      throw new Deno.errors.NotCapable((error as Error).message);
+      // Looking a name up needs the name itself in --allow-net (no port).
+      throw new Deno.errors.NotCapable(`Requires net access to "${hostname}"`);
     }
     throw error;
   }
@@ -325,16 +326,66 @@ function shortParseError(error: unknown): string {
 /** One line that says what went wrong and what to do about it. */
 function describe(error: unknown, { hostname, port }: { hostname: string; port: number }) {
   const where = `${hostname.includes(":") ? `[${hostname}]` : hostname}:${port}`;
-  if (error instanceof Deno.errors.NotCapable) {
-    return "Network access is not allowed: run again with the --allow-net flag " +
-      "(deno run --allow-net --unstable-net udp_client.ts)";
-  }
+  if (error instanceof Deno.errors.NotCapable) return permissionMessage(error, { hostname, port });
   if (
     error instanceof NoReplyError || error instanceof UnknownHostError ||
     error instanceof UnstableNetError || error instanceof MessageTooLongError
   ) return error.message;
   const message = error instanceof Error ? error.message : String(error);
   return `Cannot talk to ${where}: ${message.split("\n")[0]}`;
+}
+
+/**
+ * Says which network permission is missing. Without any --allow-net, the
+ * fix is the flag; with a grant that is too narrow (the server's port but not
+ * the client's own socket, say), it names the address that was refused and
+ * the grant that works.
+ */
+function permissionMessage(
+  error: Deno.errors.NotCapable,
+  { hostname, port }: { hostname: string; port: number },
+): string {
+  // Deno's message: Requires net access to "[::]:0", run again with ...
+  const denied = /Requires net access to "([^"]+)"/.exec(error.message)?.[1];
+  const grant = minimalGrant(hostname, port);
+  // Was any grant given? Deno cannot say; ask about the likely addresses.
+  const likely = [...grant ?? [], `${bracketed(hostname)}:${port}`, "0.0.0.0:0", "[::]:0"];
+  if (denied === undefined || !likely.some(isGranted)) {
+    return "Network access is not allowed: run again with the --allow-net flag " +
+      "(deno run --allow-net --unstable-net udp_client.ts)";
+  }
+  const what = denied.endsWith(":0") ? " (the client's own socket)" : "";
+  const example = grant
+    ? `, as in --allow-net=${grant.join(",")}`
+    : ` (a name needs the addresses it resolves to as well, with port ${port})`;
+  return `Network access to ${denied}${what} was not granted: add it to --allow-net${example}`;
+}
+
+/**
+ * The narrowest --allow-net list that works for a server address: the
+ * server's addresses with its port, and the client's own socket (port 0, any
+ * address). Undefined for a name: its addresses are known only once looked up.
+ */
+function minimalGrant(hostname: string, port: number): string[] | undefined {
+  if (hostname === "localhost") return [`127.0.0.1:${port}`, `[::1]:${port}`, "[::]:0"];
+  const literal = hostname.replace(/^\[(.*)\]$/, "$1");
+  if (literal.includes(":")) return [`[${literal}]:${port}`, "[::]:0"];
+  if (/^[\d.]+$/.test(literal)) return [`${literal}:${port}`, "0.0.0.0:0"];
+  return undefined;
+}
+
+/** Whether this process may use the network at `host` ("127.0.0.1:12000"). */
+function isGranted(host: string): boolean {
+  try {
+    return Deno.permissions.querySync({ name: "net", host }).state === "granted";
+  } catch {
+    return false; // a host Deno cannot parse
+  }
+}
+
+/** An IPv6 address in brackets, as --allow-net writes it: [::1]. */
+function bracketed(hostname: string): string {
+  return hostname.includes(":") && !hostname.startsWith("[") ? `[${hostname}]` : hostname;
 }
 
 /**

@@ -15,7 +15,9 @@
  * The first part of this file is the textbook's UDPServer.py, line for line;
  * the second part is what "good code" adds: whole datagrams of any size,
  * correct UTF-8, replies too big for a datagram dropped with a log line, both
- * loopback addresses, clear errors and a graceful shutdown.
+ * loopback addresses, no endless loops with other servers (forged senders),
+ * logs that a flood cannot fill and a full stdout cannot stall, clear errors
+ * and a graceful shutdown.
  *
  * @module
  */
@@ -56,13 +58,15 @@ async function serveDatagrams(serverSocket: Deno.DatagramConn, server: ServerSta
     } catch (error) {
       if (server.stopping) return; // we closed the socket ourselves
       // One bad datagram or an ICMP error report must not stop the server.
-      server.log?.(`Could not receive a datagram: ${describe(error)}`);
+      server.logs?.line("failed", `Could not receive a datagram: ${describe(error)}`);
       await new Promise((resolve) => setTimeout(resolve, 10)); // never spin
       continue;
     }
-    server.busy.add(serverSocket); // a shutdown now waits for this reply
     const modifiedMessage = decoder.decode(message).toUpperCase();
     const reply = encoder.encode(modifiedMessage);
+    // Part 2: some senders must not be answered (see LoopGuard).
+    if (!server.guard.allows(clientAddress as Deno.NetAddr, message, reply)) continue;
+    server.busy.add(serverSocket); // a shutdown now waits for this reply
     await sendReply(serverSocket, reply, clientAddress as Deno.NetAddr, {
       server,
       bytesIn: message.length,
@@ -89,7 +93,8 @@ async function sendReply(
 ) {
   const limit = clientAddress.hostname.includes(":") ? MAX_PAYLOAD.ipv6 : MAX_PAYLOAD.ipv4;
   if (reply.length > limit) {
-    server.log?.(
+    server.logs?.line(
+      "dropped",
       `Dropped the reply to ${formatAddr(clientAddress)}: ${bytesIn} bytes in, ` +
         `${reply.length} bytes out do not fit in one datagram (at most ${limit})`,
     );
@@ -97,17 +102,201 @@ async function sendReply(
   }
   try {
     await serverSocket.send(reply, clientAddress);
-    server.log?.(
+    server.logs?.line(
+      "served",
       `Served ${formatAddr(clientAddress)}: ${bytesIn} bytes in, ${reply.length} bytes out`,
     );
   } catch (error) {
     // A reply goes to the client's own port: a grant like
     // --allow-net=127.0.0.1:12000 lets us bind, but not answer.
     const why = error instanceof Deno.errors.NotCapable
-      ? "no permission to send there (replies go to the client's port: grant the host " +
-        "without a port, as in --allow-net=127.0.0.1,[::1])"
+      ? `the --allow-net grant does not include ${formatAddr(clientAddress)} (replies go to ` +
+        "each client's own port: grant hosts without a port, as in --allow-net=127.0.0.1,[::1])"
       : describe(error);
-    server.log?.(`Could not reply to ${formatAddr(clientAddress)}: ${why}`);
+    server.logs?.line("failed", `Could not reply to ${formatAddr(clientAddress)}: ${why}`);
+  }
+}
+
+// --- Loops: "Loop DoS" (CVE-2024-2169) -------------------------------------
+//
+// Uppercasing uppercase text changes nothing. So if one forged datagram
+// claims to come from this server itself, or from another uppercase (or echo)
+// server, each reply is answered by a reply, forever: two servers bounce one
+// datagram at full speed, a full core each, until someone kills them. UDP
+// source addresses cannot be trusted, so the server decides from what it can
+// see: the source port, and whether its reply would equal the request.
+
+/** Datagrams per second that uppercasing leaves unchanged, answered per sender. */
+export const LOOP_BUDGET = 100;
+
+/** Senders whose unchanged datagrams are counted at once; past it, new ones wait. */
+export const LOOP_BUDGET_SENDERS = 10_000;
+
+/**
+ * Says why a datagram from `from` must get no reply at all, or undefined if it
+ * may be answered.
+ *
+ * - From the server's own port: the datagram claims to come from this server
+ *   itself, or from another server on the same port. Answering it starts a
+ *   loop. Clients send from ports the system hands out (32768 and up on
+ *   Linux), never from a port a server holds.
+ * - From a port below 1024: those belong to services (echo 7, daytime 13,
+ *   chargen 19, DNS 53, NTP 123), never to clients, and each of them answers
+ *   whatever it gets: a forged datagram would start a loop with them.
+ *
+ * @example
+ * ```ts
+ * refusalReason({ transport: "udp", hostname: "127.0.0.1", port: 12000 }, 12000);
+ * // "it comes from this server's own port (forged, or another server on the same port)"
+ * refusalReason({ transport: "udp", hostname: "127.0.0.1", port: 50000 }, 12000); // undefined
+ * ```
+ */
+export function refusalReason(from: Deno.NetAddr, ownPort: number): string | undefined {
+  if (from.port === ownPort) {
+    return "it comes from this server's own port (forged, or another server on the same port)";
+  }
+  if (from.port < 1024) {
+    return `port ${from.port} belongs to a service (echo, DNS...), not a client`;
+  }
+  return undefined;
+}
+
+/**
+ * Decides, datagram by datagram, whether a reply could start or feed a loop.
+ *
+ * Besides {@linkcode refusalReason}, a loop with another uppercase or echo
+ * server on any other port is caught by its content: from the second round
+ * on, every datagram in it comes back unchanged. Ordinary clients send
+ * lowercase text, so only datagrams whose reply equals the request are
+ * counted, per sender, and past {@linkcode LOOP_BUDGET} in a second the
+ * sender is not answered for the rest of that second. A loop is one datagram
+ * bouncing back and forth: one reply not sent ends it.
+ */
+class LoopGuard {
+  #ownPort: number;
+  #logs: LogLimiter | null;
+  /** Sender ("HOST:PORT") -> unchanged datagrams in this window. */
+  #counts = new Map<string, number>();
+  #windowEnd = 0;
+  #fullReported = false;
+
+  constructor(ownPort: number, logs: LogLimiter | null) {
+    this.#ownPort = ownPort;
+    this.#logs = logs;
+  }
+
+  /** Whether to send `reply` for `request` from `from`. */
+  allows(from: Deno.NetAddr, request: Uint8Array, reply: Uint8Array): boolean {
+    const refused = refusalReason(from, this.#ownPort);
+    if (refused !== undefined) {
+      this.#logs?.line("refused", `Did not answer ${formatAddr(from)}: ${refused}`);
+      return false;
+    }
+    // The common case costs one comparison: the first letter differs.
+    if (!sameBytes(request, reply)) return true;
+    return this.#withinBudget(from);
+  }
+
+  /** Counts one unchanged datagram from `from`; false once over the budget. */
+  #withinBudget(from: Deno.NetAddr): boolean {
+    const now = performance.now();
+    if (now >= this.#windowEnd) {
+      // A new one-second window: every sender starts again from zero.
+      this.#counts.clear();
+      this.#windowEnd = now + 1000;
+      this.#fullReported = false;
+    }
+    const key = formatAddr(from);
+    const count = (this.#counts.get(key) ?? 0) + 1;
+    if (count === 1 && this.#counts.size >= LOOP_BUDGET_SENDERS) {
+      // Millions of made-up senders must not grow the table: new senders of
+      // unchanged datagrams wait for the next second.
+      if (!this.#fullReported) {
+        this.#fullReported = true;
+        this.#logs?.line(
+          "loop",
+          `Not answering new senders of datagrams that uppercasing does not change for the ` +
+            `rest of this second: ${LOOP_BUDGET_SENDERS} senders are counted already (a flood?)`,
+        );
+      }
+      return false;
+    }
+    this.#counts.set(key, count);
+    if (count === LOOP_BUDGET + 1) {
+      // Once per sender per second, not once per datagram.
+      this.#logs?.line(
+        "loop",
+        `Stopped answering ${formatAddr(from)} for the rest of this second: over ${LOOP_BUDGET} ` +
+          "datagrams in 1 s that uppercasing does not change (a loop with another server?)",
+      );
+    }
+    return count <= LOOP_BUDGET;
+  }
+}
+
+/** Whether two byte arrays hold the same bytes. */
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+// --- Log floods --------------------------------------------------------------
+//
+// A line per datagram lets whoever sends datagrams choose how much the server
+// writes: 48 bytes per datagram, megabytes per second in a flood. Each kind of
+// line is written as it is only LOG_LINES_PER_SECOND times a second; the rest
+// are counted and summed up once a second.
+
+/** Lines of one kind written as they are, per second; the rest are counted. */
+export const LOG_LINES_PER_SECOND = 10;
+
+/** The kinds of log line, and how a summary line names them. */
+const LOG_KINDS = {
+  served: "datagrams served",
+  dropped: "replies dropped (too big for one datagram)",
+  refused: "datagrams not answered (from a server's port)",
+  loop: "senders stopped (datagrams that uppercasing does not change)",
+  failed: "failed receives or replies",
+} as const;
+
+/** A kind of log line: see LOG_KINDS. */
+type LogKind = keyof typeof LOG_KINDS;
+
+/**
+ * Passes at most {@linkcode LOG_LINES_PER_SECOND} lines of each kind per
+ * second to `log`, then one summary line per kind and second, as in
+ * "... and 5321 more datagrams served in the last second". One timer for
+ * the whole server, none per line.
+ */
+class LogLimiter {
+  #log: (line: string) => void;
+  #counts: Record<LogKind, number> = { served: 0, dropped: 0, refused: 0, loop: 0, failed: 0 };
+  #timer: ReturnType<typeof setInterval>;
+
+  constructor(log: (line: string) => void) {
+    this.#log = log;
+    this.#timer = setInterval(() => this.flush(), 1000);
+  }
+
+  /** Logs `text`, or only counts it if this kind has had its lines this second. */
+  line(kind: LogKind, text: string) {
+    if (++this.#counts[kind] <= LOG_LINES_PER_SECOND) this.#log(text);
+  }
+
+  /** Writes the summary lines of the second that ends now. */
+  flush() {
+    for (const kind of Object.keys(this.#counts) as LogKind[]) {
+      const more = this.#counts[kind] - LOG_LINES_PER_SECOND;
+      if (more > 0) this.#log(`... and ${more} more ${LOG_KINDS[kind]} in the last second`);
+      this.#counts[kind] = 0;
+    }
+  }
+
+  /** Writes the last summary and stops the timer. */
+  close() {
+    clearInterval(this.#timer);
+    this.flush();
   }
 }
 
@@ -140,7 +329,10 @@ interface ServerState {
   stopping: boolean;
   /** Sockets sending a reply right now. */
   busy: Set<Deno.DatagramConn>;
-  log: ((line: string) => void) | null;
+  /** Where log lines go, floods summed up; null for none. */
+  logs: LogLimiter | null;
+  /** Refuses replies that could start or feed a loop. */
+  guard: LoopGuard;
 }
 
 /**
@@ -159,7 +351,14 @@ export async function startUdpServer(options: UdpServerOptions = {}): Promise<Ud
   const { hostname = "localhost", port = DEFAULT_PORT, signal, log = console.log } = options;
   requireUnstableNet();
   const sockets = listenAll(hostname, port);
-  const server: ServerState = { stopping: false, busy: new Set(), log };
+  const logs = log ? new LogLimiter(log) : null;
+  const ownPort = (sockets[0].addr as Deno.NetAddr).port;
+  const server: ServerState = {
+    stopping: false,
+    busy: new Set(),
+    logs,
+    guard: new LoopGuard(ownPort, logs),
+  };
   const loops = sockets.map(async (socket) => {
     try {
       await serveDatagrams(socket, server);
@@ -175,7 +374,7 @@ export async function startUdpServer(options: UdpServerOptions = {}): Promise<Ud
   };
   if (signal?.aborted) stop();
   else signal?.addEventListener("abort", stop, { once: true });
-  const finished = Promise.all(loops).then(() => {});
+  const finished = Promise.all(loops).then(() => logs?.close());
   // Binding above is synchronous; staying async means a bind error reaches
   // the caller as a rejected promise, like every other failure here.
   await Promise.resolve();
@@ -267,8 +466,15 @@ Options:
   --host HOST    address to bind (default: localhost = 127.0.0.1 and ::1;
                  0.0.0.0 or :: serves other hosts)
   --port PORT    port to bind, 0 for any free port (default: ${DEFAULT_PORT})
-  --quiet        no log line per datagram
+  --quiet        no log lines (otherwise up to ${LOG_LINES_PER_SECOND} a second of each kind,
+                 then one summary line a second)
   --help         show this help
+
+Ctrl-C, SIGTERM and SIGHUP (the terminal closing) shut it down gracefully; a
+second one more than 0.2 s later quits at once. No reply goes to the
+server's own port or to ports below 1024, and a sender whose datagrams
+uppercasing leaves unchanged (a loop with another server) gets at most
+${LOOP_BUDGET} replies a second.
 
 Examples:
   deno run --allow-net udp_server.ts
@@ -341,10 +547,7 @@ function shortParseError(error: unknown): string {
 function describe(error: unknown, context?: { hostname: string; port: number }): string {
   const where = context ? `${context.hostname}:${context.port}` : "";
   if (error instanceof UnstableNetError) return error.message;
-  if (error instanceof Deno.errors.NotCapable) {
-    return "Network access is not allowed: run again with the --allow-net flag " +
-      "(deno run --allow-net --unstable-net udp_server.ts)";
-  }
+  if (error instanceof Deno.errors.NotCapable) return permissionMessage(error, context);
   if (error instanceof Deno.errors.AddrInUse) {
     return `Address ${where} is already in use: stop the other server or choose another --port`;
   }
@@ -359,6 +562,210 @@ function describe(error: unknown, context?: { hostname: string; port: number }):
     return `Unknown host "${context?.hostname}": check the --host name`;
   }
   return message.split("\n")[0];
+}
+
+/**
+ * Says which network permission is missing. Without any --allow-net, the
+ * fix is the flag; with a grant that is too narrow (a port, or 127.0.0.1
+ * without ::1), it names the address that was refused and the grant to give.
+ */
+function permissionMessage(
+  error: Deno.errors.NotCapable,
+  context?: { hostname: string; port: number },
+): string {
+  // Deno's message: Requires net access to "[::1]:12000", run again with ...
+  const denied = /Requires net access to "([^"]+)"/.exec(error.message)?.[1];
+  const hosts = context?.hostname === "localhost"
+    ? ["127.0.0.1", "[::1]"]
+    : [bracketed(context?.hostname ?? "")];
+  // Was any grant given? Deno cannot say; ask about the likely addresses.
+  const likely = [...hosts, "127.0.0.1", "[::1]", "0.0.0.0", "[::]"];
+  const granted = context !== undefined &&
+    likely.some((host) => isGranted(`${host}:${context.port}`));
+  if (denied === undefined || !granted) {
+    return "Network access is not allowed: run again with the --allow-net flag " +
+      "(deno run --allow-net --unstable-net udp_server.ts)";
+  }
+  if (!isLoopback(context!.hostname)) {
+    return `Network access to ${denied} was not granted: a server for other ` +
+      "hosts needs the whole --allow-net flag (it answers each client at its own address and port)";
+  }
+  return `Network access to ${denied} was not granted: grant the hosts without ` +
+    `a port, as in --allow-net=${hosts.join(",")} (each reply goes to the client's own port)`;
+}
+
+/** Whether this process may use the network at `host` ("127.0.0.1:12000"). */
+function isGranted(host: string): boolean {
+  try {
+    return Deno.permissions.querySync({ name: "net", host }).state === "granted";
+  } catch {
+    return false; // a host Deno cannot parse
+  }
+}
+
+/** An IPv6 address in brackets, as --allow-net writes it: [::1]. */
+function bracketed(hostname: string): string {
+  return hostname.includes(":") ? `[${hostname}]` : hostname;
+}
+
+// --- Signals -------------------------------------------------------------------
+
+/** Signals that stop the server; SIGHUP is the terminal closing. */
+const STOP_SIGNALS = { SIGHUP: 1, SIGINT: 2, SIGTERM: 15 } as const;
+
+/** A signal that stops the server. */
+export type StopSignal = keyof typeof STOP_SIGNALS;
+
+/**
+ * Signals this soon after the first are the same one: under `deno task`,
+ * Ctrl-C reaches the server twice within milliseconds (from the terminal, and
+ * forwarded by deno task).
+ */
+export const SIGNAL_REPEAT_MS = 200;
+
+/**
+ * What a stop signal means: the first starts the graceful shutdown, a repeat
+ * within {@linkcode SIGNAL_REPEAT_MS} is ignored, a later one quits at once
+ * with the shell's code for death by that signal, 128 + its number.
+ *
+ * @param msSinceFirst milliseconds since the first stop signal, or undefined
+ *   if this is the first.
+ *
+ * @example
+ * ```ts
+ * signalAction("SIGINT", undefined); // "shut down"
+ * signalAction("SIGINT", 5); // "ignore"
+ * signalAction("SIGTERM", 900); // 143
+ * ```
+ */
+export function signalAction(
+  signal: StopSignal,
+  msSinceFirst: number | undefined,
+): "shut down" | "ignore" | number {
+  if (msSinceFirst === undefined) return "shut down";
+  if (msSinceFirst < SIGNAL_REPEAT_MS) return "ignore";
+  return 128 + STOP_SIGNALS[signal];
+}
+
+/**
+ * Calls `onFirst` on the first stop signal and quits at once on a later
+ * one; returns a function that removes the listeners.
+ */
+function onStopSignals(onFirst: () => void): () => void {
+  let firstAt: number | undefined;
+  const listeners = (Object.keys(STOP_SIGNALS) as StopSignal[]).map((signal) => {
+    const listener = () => {
+      const action = signalAction(
+        signal,
+        firstAt === undefined ? undefined : performance.now() - firstAt,
+      );
+      if (action === "shut down") {
+        firstAt = performance.now();
+        onFirst();
+      } else if (action !== "ignore") {
+        Deno.exit(action); // a second signal: quit now
+      }
+    };
+    try {
+      Deno.addSignalListener(signal, listener);
+    } catch {
+      // Windows has no SIGTERM or SIGHUP; Ctrl-C still works there.
+    }
+    return [signal, listener] as const;
+  });
+  return () => {
+    for (const [signal, listener] of listeners) {
+      try {
+        Deno.removeSignalListener(signal, listener);
+      } catch {
+        // Never added.
+      }
+    }
+  };
+}
+
+// --- Log output that never blocks ----------------------------------------------
+
+/** Log lines that may wait for the output; past it, lines are dropped and counted. */
+export const LOG_QUEUE_LINES = 1000;
+
+/** How long the goodbye waits for a stuck output before the server exits anyway. */
+const LOG_FLUSH_MS = 2000;
+
+/**
+ * Writes log lines without ever making the server wait. console.log is a
+ * synchronous write: with stdout a pipe nobody reads (full at 64 KiB), it
+ * freezes the whole server. Here lines wait in a bounded queue, and one
+ * asynchronous write at a time takes them out. When the queue is full, lines
+ * are dropped and counted, and the count is written once the output moves.
+ *
+ * @example
+ * ```ts
+ * const out = new LineWriter(Deno.stdout);
+ * out.line("The server is ready to receive on 127.0.0.1:12000");
+ * await out.flush(2000);
+ * ```
+ */
+export class LineWriter {
+  #output: { write(p: Uint8Array): Promise<number> };
+  #queue: string[] = [];
+  #dropped = 0;
+  #writing: Promise<void> | undefined;
+  #broken = false;
+
+  constructor(output: { write(p: Uint8Array): Promise<number> }) {
+    this.#output = output;
+  }
+
+  /** Queues one line; never waits. An arrow function, so it can be passed as `log`. */
+  line = (text: string) => {
+    if (this.#broken) return;
+    if (this.#queue.length >= LOG_QUEUE_LINES) {
+      this.#dropped++;
+      return;
+    }
+    this.#queue.push(text);
+    this.#writing ??= this.#drain();
+  };
+
+  async #drain() {
+    const encoder = new TextEncoder();
+    try {
+      while (this.#queue.length > 0) {
+        let text = this.#queue.join("\n") + "\n";
+        this.#queue = [];
+        // Lines were dropped after the ones just taken, before any later one.
+        if (this.#dropped > 0) {
+          text += `(${this.#dropped} log lines dropped: the output could not keep up)\n`;
+          this.#dropped = 0;
+        }
+        const bytes = encoder.encode(text);
+        for (let written = 0; written < bytes.length;) {
+          written += await this.#output.write(bytes.subarray(written));
+        }
+      }
+    } catch {
+      // The output is closed (nobody will ever read it): stop writing.
+      this.#broken = true;
+      this.#queue = [];
+    } finally {
+      this.#writing = undefined;
+    }
+  }
+
+  /** Resolves to true once every queued line is written, or false after `ms`. */
+  async flush(ms: number): Promise<boolean> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const late = new Promise<false>((resolve) => timer = setTimeout(() => resolve(false), ms));
+    try {
+      while (this.#writing) {
+        if (!await Promise.race([this.#writing.then(() => true), late])) return false;
+      }
+      return true;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
 }
 
 /**
@@ -382,43 +789,41 @@ export async function main(args: string[]): Promise<number> {
     return 0;
   }
 
+  const out = new LineWriter(Deno.stdout);
   const controller = new AbortController();
-  let signals = 0;
-  const onSignal = () => {
-    if (++signals > 1) Deno.exit(130); // second signal: quit at once
-    console.log("Shutting down: sending the reply in flight (press Ctrl-C again to quit now)");
+  const removeListeners = onStopSignals(() => {
+    out.line("Shutting down: sending the reply in flight (press Ctrl-C again to quit now)");
     controller.abort();
-  };
-  for (const name of ["SIGINT", "SIGTERM"] as const) {
-    try {
-      Deno.addSignalListener(name, onSignal);
-    } catch {
-      // Windows has no SIGTERM; Ctrl-C still works there.
-    }
-  }
-
-  let server: UdpServer;
+  });
   try {
-    server = await startUdpServer({
-      hostname: options.hostname,
-      port: options.port,
-      signal: controller.signal,
-      log: options.quiet ? null : console.log,
-    });
-  } catch (error) {
-    printError(describe(error, options));
-    const invocation = error instanceof Deno.errors.NotCapable || error instanceof UnstableNetError;
-    return invocation ? 2 : 1;
+    let server: UdpServer;
+    try {
+      server = await startUdpServer({
+        hostname: options.hostname,
+        port: options.port,
+        signal: controller.signal,
+        log: options.quiet ? null : out.line,
+      });
+    } catch (error) {
+      printError(describe(error, options));
+      const invocation = error instanceof Deno.errors.NotCapable ||
+        error instanceof UnstableNetError;
+      return invocation ? 2 : 1;
+    }
+    out.line(`The server is ready to receive on ${formatAddrs(server.addrs)}`);
+    out.line(
+      isLoopback(options.hostname)
+        ? "Only this machine can reach it (loopback); use --host 0.0.0.0 or --host :: to serve other hosts."
+        : `Serving other hosts too (--host ${options.hostname}): anyone who can reach this machine can send to it.`,
+    );
+    await server.finished;
+    out.line("The server has shut down.");
+    // A stdout nobody reads must not keep the server from exiting.
+    await out.flush(LOG_FLUSH_MS);
+    return 0;
+  } finally {
+    removeListeners();
   }
-  console.log(`The server is ready to receive on ${formatAddrs(server.addrs)}`);
-  console.log(
-    isLoopback(options.hostname)
-      ? "Only this machine can reach it (loopback); use --host 0.0.0.0 or --host :: to serve other hosts."
-      : `Serving other hosts too (--host ${options.hostname}): anyone who can reach this machine can send to it.`,
-  );
-  await server.finished;
-  console.log("The server has shut down.");
-  return 0;
 }
 
 function isLoopback(hostname: string): boolean {
