@@ -20,11 +20,37 @@ export interface Address {
 export const LOOPBACK_HOSTS = ["127.0.0.1", "::1"] as const;
 
 /**
+ * More loopback addresses that real clients hard-code along with a fixed
+ * port: 127.0.1.1 is what Debian and Ubuntu map the machine's own name to
+ * (gethostname()), and a real submission connected to 127.0.0.2. A textbook
+ * server bound to '' answers on all of them; so do the kit's servers for a
+ * client on a fixed port, where the system has them.
+ */
+export const MORE_LOOPBACK_HOSTS = ["127.0.1.1", "127.0.0.2"] as const;
+
+/**
  * Binds `bind(hostname, port)` on 127.0.0.1 and on ::1 with the same port
  * (with port 0, the one the system picked for 127.0.0.1). ::1 is skipped on
- * a machine without IPv6.
+ * a machine without IPv6. A fixed port is also bound, where possible, on
+ * {@linkcode MORE_LOOPBACK_HOSTS}.
  */
 function bindBoth<T extends { close(): void; addr: Deno.Addr }>(
+  bind: (hostname: string, port: number) => T,
+  port: number,
+): T[] {
+  const bound = bindPair(bind, port);
+  if (port === 0) return bound;
+  for (const hostname of MORE_LOOPBACK_HOSTS) {
+    try {
+      bound.push(bind(hostname, port));
+    } catch {
+      // Not an address of this machine (macOS has 127.0.0.1 only), or taken.
+    }
+  }
+  return bound;
+}
+
+function bindPair<T extends { close(): void; addr: Deno.Addr }>(
   bind: (hostname: string, port: number) => T,
   port: number,
 ): T[] {

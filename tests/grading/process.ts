@@ -13,6 +13,17 @@
 /** Bytes kept per output stream; a program that prints more is cut. */
 const OUTPUT_CAP = 1024 * 1024;
 
+/** Signals a program dies of, by number, as the shell reports them (128 + n), with why. */
+const SHELL_SIGNALS: Record<number, string> = {
+  2: "SIGINT",
+  6: "SIGABRT (abort(), a failed assertion or a double free)",
+  9: "SIGKILL",
+  11: "SIGSEGV (a segmentation fault: a bad pointer or an index out of bounds)",
+  13: "SIGPIPE (it wrote to a connection the client had closed; ignore SIGPIPE or send " +
+    "with MSG_NOSIGNAL)",
+  15: "SIGTERM",
+};
+
 /** Every group still running, killed if the process exits early. */
 const LIVE_GROUPS = new Set<ProgramProcess>();
 globalThis.addEventListener("unload", () => {
@@ -39,6 +50,9 @@ function childEnv(): Record<string, string> {
   };
   // Python on a pipe may pick ASCII for stdout; the checks compare UTF-8 bytes.
   if (Deno.env.get("PYTHONIOENCODING") === undefined) env.PYTHONIOENCODING = "utf-8";
+  // Without a locale, Java 17 (and C's mbstowcs) take text to be ASCII; the
+  // programs were written on machines where it is UTF-8.
+  if (!Deno.env.get("LANG") && !Deno.env.get("LC_ALL")) env.LANG = "C.UTF-8";
   return env;
 }
 
@@ -272,12 +286,17 @@ export class ProgramProcess implements AsyncDisposable {
     clearTimeout(timer);
   }
 
-  /** "exited with code 1", "was killed by SIGKILL" or "is still running". */
+  /**
+   * "exited with code 1", "was killed by SIGKILL" or "is still running". The
+   * shell reports a program killed by a signal as code 128 + its number:
+   * that is said too ("exited with code 141: killed by SIGPIPE, ...").
+   */
   describeExit(): string {
     const status = this.#status;
     if (status === undefined) return "is still running";
     if (status.signal) return `was killed by ${status.signal}`;
-    return `exited with code ${status.code}`;
+    const signal = SHELL_SIGNALS[status.code - 128];
+    return `exited with code ${status.code}` + (signal ? `: killed by ${signal}` : "");
   }
 
   /** The last part of stdout and stderr, for failure messages. */

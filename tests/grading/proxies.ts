@@ -97,7 +97,9 @@ export function startSplitProxy(options: SplitProxyOptions): Promise<Middleman> 
     const shutdown = () => {
       closed ??= (async () => {
         closeQuietly(client);
-        await server?.close();
+        // Like a direct request that settled: a reset, so that a server that
+        // never closes its side does not spin on end of stream.
+        await server?.close({ reset: true });
       })();
       return closed;
     };

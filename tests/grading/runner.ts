@@ -237,6 +237,9 @@ export class RoleRunner implements AsyncDisposable {
       if (!server.program.running) await server.program.drain(500);
       throw new CheckFailure(`${error.message}\n${this.#serverState(server)}`);
     } finally {
+      // A reused server that dies of the check's last connection (a write to
+      // a reset connection, say) must be seen dead before the next check.
+      if (this.shared) await server.program.waitUntil(() => !server.program.running, 100);
       if (!server.program.running) {
         this.#lastExit = `${server.program.describeExit()} during the check "${this.#current?.id}"`;
       }
@@ -412,21 +415,24 @@ export class RoleRunner implements AsyncDisposable {
     if (listenPort !== 0) {
       await this.#requireFreePort(listenPort, "the kit cannot serve the client on it");
     }
-    let last: ClientRun | undefined;
+    const runs: ClientRun[] = [];
     const context: ClientContext = {
       transport: this.transport,
       listenPort,
       deadlineMs: this.#config.clientDeadlineMs,
       runClient: async (options) => {
-        last = await this.#runClient(options);
-        return last;
+        const run = await this.#runClient(options);
+        runs.push(run);
+        return run;
       },
     };
     try {
       return await run(context);
     } catch (error) {
-      if (!(error instanceof CheckFailure) || last === undefined) throw error;
-      const { program } = last;
+      // Show the run that missed its reply (a check may run the client twice).
+      const shown = runs.find((run) => !run.found) ?? runs.at(-1);
+      if (!(error instanceof CheckFailure) || shown === undefined) throw error;
+      const { program } = shown;
       throw new CheckFailure(
         [
           error.message,
