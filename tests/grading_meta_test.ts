@@ -402,7 +402,9 @@ function checkJunit({ code, stdout, stderr }: Awaited<ReturnType<typeof runDeno>
   const cases = [
     ...stdout.matchAll(/<testcase name="([^"]*)"[^>]*?(\/>|>([\s\S]*?)<\/testcase>)/g),
   ];
-  assert.equal(cases.length, 7, `seven UDP server checks\n${stdout}\n${stderr}`);
+  // Seven checks, then the test that stops the server under test.
+  assert.equal(cases.length, 8, `seven UDP server checks and a stop\n${stdout}\n${stderr}`);
+  assert.equal(cases[7][1], "UDP server: stop the server under test");
   const failed = cases.filter((m) => m[3]?.includes("<failure")).map((m) => m[1]);
   assert.deepEqual(failed, [
     "UDP server: a 3000-byte line (longer than a 2048-byte recv)",

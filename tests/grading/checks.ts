@@ -405,10 +405,14 @@ function invalidCheck(transport: "tcp" | "udp"): ServerCheck {
         return `${answer}, then exited with code 0 without a crash (a server that stops ` +
           "after one client fails serves_many, not this check)";
       }
-      const exit = server.running ? "" : `; the server ${server.describeExit()}`;
+      const noReply = `the next request got no reply (${
+        next.problem ?? "the connection closed without a reply"
+      })`;
       throw new CheckFailure(
-        `after invalid UTF-8 (${escapeBytes(INVALID)}) the next request got no reply ` +
-          `(${next.problem ?? "the connection closed without a reply"})${exit}\n${answer}`,
+        server.running
+          ? `after invalid UTF-8 (${escapeBytes(INVALID)}) ${noReply}\n${answer}`
+          : `the server ${server.describeExit()} after receiving invalid UTF-8 ` +
+            `(${escapeBytes(INVALID)}): ${noReply}\n${answer}`,
       );
     },
   };

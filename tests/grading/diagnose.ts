@@ -36,8 +36,9 @@ const KNOWN_PROBLEMS: KnownProblem[] = [
     advice: "The program did not compile or parse (see its output above).",
   },
   {
-    pattern: /(^|[^\w])(python2?|python3|java|javac|gcc|cc|node|deno): (\d+: )?(.*: )?not found/m,
-    advice: "A command in the template was not found: is it installed and on PATH?",
+    pattern: /command not found|\b(python[23]?|java|javac|gcc|cc|node|deno)\b[^\n]*: not found/,
+    advice: "A command in the template was not found (python2, javac, gcc...): is it " +
+      "installed and on PATH for the grading user?",
   },
   {
     pattern: /Permission denied|PermissionError|EACCES/,

@@ -3,12 +3,13 @@
  * waits until it is ready) or runs the client under test, and turns each
  * check's outcome into a result with a readable explanation.
  *
- * A server whose template has `{port}` is started afresh for every check, on
- * a free port. A server without `{port}` must use its fixed port, so it is
- * started once and reused, and started again only when it has exited (the
- * failures that follow say so): restarting it at once could fail, because
- * the connections it closed keep the port in TIME_WAIT and the textbook
- * server does not set SO_REUSEADDR.
+ * A server is started for its first check and reused while it runs; when it
+ * has exited, the next check starts it again, and the failures that follow
+ * say so. A server whose template has `{port}` also starts afresh, on a new
+ * free port, after a failed check (it may be stuck). A server without
+ * `{port}` must use its fixed port, so it is kept after a failure: starting
+ * it again at once could fail, because connections it closed keep the port
+ * in TIME_WAIT and the textbook server does not set SO_REUSEADDR.
  *
  * A server is ready when the kernel's socket tables show that one of its
  * processes listens (TCP) or is bound (UDP) on the port: nothing is sent to
@@ -221,6 +222,7 @@ export class RoleRunner implements AsyncDisposable {
 
   async #runServerCheck(run: (context: ServerContext) => Promise<string>): Promise<string> {
     const server = await this.#acquireServer();
+    let failed = false;
     try {
       return await run({
         transport: this.transport,
@@ -232,18 +234,22 @@ export class RoleRunner implements AsyncDisposable {
       });
     } catch (error) {
       if (!(error instanceof CheckFailure)) throw error;
+      failed = true;
       // A crash is often the reason: give a dying server a moment to be reaped.
       await server.program.waitUntil(() => !server.program.running, 150);
       if (!server.program.running) await server.program.drain(500);
       throw new CheckFailure(`${error.message}\n${this.#serverState(server)}`);
     } finally {
-      // A reused server that dies of the check's last connection (a write to
-      // a reset connection, say) must be seen dead before the next check.
-      if (this.shared) await server.program.waitUntil(() => !server.program.running, 100);
+      // A server that dies of the check's last connection (a write to a
+      // reset connection, say) must be seen dead before the next check.
+      await server.program.waitUntil(() => !server.program.running, 50);
       if (!server.program.running) {
         this.#lastExit = `${server.program.describeExit()} during the check "${this.#current?.id}"`;
       }
-      if (!this.shared || !server.program.running) await this.close();
+      // A server is reused while its checks pass. After a failure it may be
+      // stuck, so a {port} server starts afresh on a new port; a fixed-port
+      // one is kept (a restart could find its port in TIME_WAIT).
+      if (!server.program.running || (failed && !this.shared)) await this.close();
     }
   }
 
@@ -283,9 +289,10 @@ export class RoleRunner implements AsyncDisposable {
       program.exited.then(() => exited.abort());
       const address = await this.#waitReady(program, port);
       this.#server = { program, address, exited, reserved };
-      if (this.shared && this.#lastExit) {
+      if (this.#lastExit) {
         this.#server.restarted = `Note: this is a new process of the server under test: ` +
           `the previous one ${this.#lastExit}, and the kit started it again for this check.`;
+        this.#lastExit = undefined;
       }
       return this.#server;
     } catch (error) {
