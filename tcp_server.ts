@@ -580,9 +580,14 @@ Options:
                            0.0.0.0 or :: serves other hosts)
   --port PORT              port to bind, 0 for any free port (default: ${DEFAULT_PORT})
   --idle-timeout SECONDS   close a connection idle this long, 0 = never (default: 300)
-  --max-connections N      connections served at once (default: 1024)
-  --quiet                  no log line per connection
+  --max-connections N      connections served at once; at the cap a new client takes
+                           the place of the least recently active one (default: 1024)
+  --quiet                  no log lines about clients (the ready line stays)
   --help                   show this help
+
+Log lines of one kind past ${LOG_LINES_PER_SECOND} a second are counted in one summary line.
+SIGINT (Ctrl-C), SIGTERM or SIGHUP: finish the exchanges in flight (at most 10 s),
+then exit 0; a second signal, 0.2 s or more later, quits at once.
 
 Examples:
   deno run --allow-net tcp_server.ts
@@ -684,10 +689,7 @@ function parseNumber(
 /** One line that tells the user what went wrong and what to do. */
 function describe(error: unknown, context?: { hostname: string; port: number }): string {
   const where = context ? `${context.hostname}:${context.port}` : "";
-  if (error instanceof Deno.errors.NotCapable) {
-    return "Network access is not allowed: run again with the --allow-net flag " +
-      "(deno run --allow-net tcp_server.ts)";
-  }
+  if (error instanceof Deno.errors.NotCapable && context) return notAllowed(error, context);
   if (error instanceof Deno.errors.AddrInUse) {
     return `Address ${where} is already in use: stop the other server or choose another --port`;
   }
@@ -705,6 +707,132 @@ function describe(error: unknown, context?: { hostname: string; port: number }):
     return `Unknown host "${context?.hostname}": check the --host name`;
   }
   return message.split("\n")[0];
+}
+
+/**
+ * The error for a missing network permission. Deno's own message says "run
+ * again with the --allow-net flag" even when the flag was given with a list
+ * that lacks one address (127.0.0.1:12000 but not [::1]:12000). If any
+ * loopback address or this host is granted, a list was given: name the
+ * address it lacks and the grant that covers this server.
+ */
+function notAllowed(error: Error, { hostname, port }: { hostname: string; port: number }) {
+  const denied = /Requires net access to "([^"]+)"/.exec(error.message)?.[1];
+  const host = (name: string) => name.includes(":") ? `[${name}]` : name;
+  const names = hostname === "localhost" ? ["127.0.0.1", "::1"] : [hostname];
+  // With --port 0 any port may be picked: only a grant without a port covers it.
+  const needed = names.map((name) => port === 0 ? host(name) : `${host(name)}:${port}`);
+  const grant = `--allow-net=${needed.join(",")}`;
+  const probes = [...needed, "127.0.0.1", "[::1]", "localhost"].flatMap((h) => [h, `${h}:${port}`]);
+  const listGiven = probes.some((probe) => {
+    try {
+      return Deno.permissions.querySync({ name: "net", host: probe }).state === "granted";
+    } catch {
+      return false;
+    }
+  });
+  if (denied && listGiven) {
+    return `Network access to ${denied} was not granted: add it to --allow-net (${grant})`;
+  }
+  return "Network access is not allowed: run again with the --allow-net flag " +
+    `(deno run --allow-net tcp_server.ts, or ${grant} for these addresses only)`;
+}
+
+/** Lines queued for stdout at most; past it, lines are dropped and counted. */
+const MAX_QUEUED_LOG_LINES = 1000;
+
+/**
+ * The command line's log: lines go to stdout through a bounded queue and are
+ * written asynchronously. console.log is a synchronous write: with stdout a
+ * pipe that nobody reads (once its 64 KiB are full), it waits, and the whole
+ * server with it. Here only the queue waits; when it is full, lines are
+ * dropped and counted, and the count is written once the output drains.
+ */
+class StdoutLog {
+  #queue: string[] = [];
+  #dropped = 0;
+  #writing: Promise<void> | undefined;
+  #broken = false;
+
+  /** Queues one line and returns at once. */
+  line = (text: string) => {
+    if (this.#broken || this.#queue.length >= MAX_QUEUED_LOG_LINES) {
+      this.#dropped++;
+      return;
+    }
+    this.#queue.push(text);
+    this.#writing ??= this.#drain();
+  };
+
+  async #drain() {
+    try {
+      while (this.#queue.length > 0 || this.#dropped > 0) {
+        const lines = this.#queue;
+        this.#queue = [];
+        if (this.#dropped > 0) {
+          // Lines are dropped only once the queue is full, so after all of these.
+          lines.push(`(${this.#dropped} log lines dropped: the output could not keep up)`);
+          this.#dropped = 0;
+        }
+        await writeAll(Deno.stdout, encoder.encode(lines.join("\n") + "\n"));
+      }
+    } catch {
+      this.#broken = true; // stdout is gone (the terminal closed): log nothing more
+    } finally {
+      this.#writing = undefined;
+    }
+  }
+
+  /** Resolves once every queued line is written, or after `ms` if the output is stuck. */
+  async flush(ms: number) {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const stuck = new Promise<"stuck">((resolve) => timer = setTimeout(resolve, ms, "stuck"));
+    while (this.#writing) {
+      if (await Promise.race([this.#writing, stuck]) === "stuck") break;
+    }
+    clearTimeout(timer);
+  }
+}
+
+/** Writes every byte: write() may take only part of a buffer. */
+async function writeAll(output: { write(p: Uint8Array): Promise<number> }, data: Uint8Array) {
+  for (let written = 0; written < data.length;) {
+    written += await output.write(data.subarray(written));
+  }
+}
+
+/** The signals that start a graceful shutdown, with their numbers (exit 128 + number). */
+const SHUTDOWN_SIGNALS = { SIGHUP: 1, SIGINT: 2, SIGTERM: 15 } as const;
+
+/**
+ * Signals this close to the first count as the same one. Under `deno task`,
+ * one Ctrl-C arrives twice within milliseconds: from the terminal and
+ * forwarded by deno task.
+ */
+const SAME_SIGNAL_MS = 200;
+
+/**
+ * Calls `shutDown` on the first SIGINT (Ctrl-C), SIGTERM (kill) or SIGHUP
+ * (the terminal closed). A later second signal quits at once with the
+ * shell's code for it, 128 + its number: 130 for SIGINT, 143 for SIGTERM.
+ */
+function onShutdownSignals(shutDown: () => void) {
+  let firstAt: number | undefined;
+  for (const [name, number] of Object.entries(SHUTDOWN_SIGNALS)) {
+    try {
+      Deno.addSignalListener(name as keyof typeof SHUTDOWN_SIGNALS, () => {
+        const now = performance.now();
+        if (firstAt === undefined) {
+          firstAt = now;
+          shutDown();
+        } else if (now - firstAt > SAME_SIGNAL_MS) {
+          Deno.exit(128 + number);
+        }
+      });
+    } catch {
+      // Windows has no SIGHUP or SIGTERM; Ctrl-C still works there.
+    }
+  }
 }
 
 /**
@@ -728,23 +856,14 @@ export async function main(args: string[]): Promise<number> {
     return 0;
   }
 
+  const stdout = new StdoutLog();
   const controller = new AbortController();
-  let signals = 0;
-  const onSignal = () => {
-    // First signal: shut down gracefully. Second: quit at once.
-    if (++signals > 1) Deno.exit(130);
-    console.log(
+  onShutdownSignals(() => {
+    stdout.line(
       "Shutting down: finishing the exchanges in flight (press Ctrl-C again to quit now)",
     );
     controller.abort();
-  };
-  for (const name of ["SIGINT", "SIGTERM"] as const) {
-    try {
-      Deno.addSignalListener(name, onSignal);
-    } catch {
-      // Windows has no SIGTERM; Ctrl-C still works there.
-    }
-  }
+  });
 
   let server: TcpServer;
   try {
@@ -754,20 +873,21 @@ export async function main(args: string[]): Promise<number> {
       idleTimeout: options.idleTimeout,
       maxConnections: options.maxConnections,
       signal: controller.signal,
-      log: options.quiet ? null : console.log,
+      log: options.quiet ? null : stdout.line,
     });
   } catch (error) {
     printError(describe(error, options));
     return error instanceof Deno.errors.NotCapable ? 2 : 1;
   }
-  console.log(`The server is ready to receive on ${formatAddrs(server.addrs)}`);
-  console.log(
+  stdout.line(`The server is ready to receive on ${formatAddrs(server.addrs)}`);
+  stdout.line(
     isLoopback(options.hostname)
       ? "Only this machine can connect (loopback); use --host 0.0.0.0 or --host :: to serve other hosts."
       : `Serving other hosts too (--host ${options.hostname}): anyone who can reach this machine can connect.`,
   );
   await server.finished;
-  console.log("The server has shut down.");
+  stdout.line("The server has shut down.");
+  await stdout.flush(500); // a stdout nobody reads must not keep us from exiting
   return 0;
 }
 

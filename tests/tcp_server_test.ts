@@ -14,6 +14,8 @@ import {
   NO_NET_ERROR,
   Program,
   readToEnd,
+  reserveFixedPort,
+  ROOT,
   SUBPROCESS,
   tcpExchange,
   utf8,
@@ -713,6 +715,199 @@ Deno.test({
     // 60 exchanges take well under a second, but may straddle two.
     assert.ok(verbatim <= 20, `${verbatim} lines for 60 connections`);
     assert.ok(log.length <= 22, log.join("\n"));
+  },
+});
+
+Deno.test({
+  name: "tcp server (subprocess): with stdout a full pipe nobody reads, it still serves and exits",
+  permissions: SUBPROCESS,
+  fn: async () => {
+    using reserved = await reserveFixedPort();
+    const port = reserved.port;
+    const dir = new TextDecoder().decode(
+      (await new Deno.Command("mktemp", { args: ["-d"] }).output()).stdout,
+    ).trim();
+    const fifo = `${dir}/stdout`;
+    try {
+      assert.ok((await new Deno.Command("mkfifo", { args: [fifo] }).output()).success);
+      // Open the pipe for reading and writing (so it has a reader, that never
+      // reads), fill its 64 KiB, and make it the server's stdout.
+      const script = 'exec 3<>"$1"; head -c 65536 /dev/zero >&3; shift; exec "$@" >&3';
+      const child = new Deno.Command("sh", {
+        args: [
+          "-c",
+          script,
+          "sh",
+          fifo,
+          Deno.execPath(),
+          "run",
+          "--allow-net",
+          `${ROOT}tcp_server.ts`,
+          "--host",
+          "127.0.0.1",
+          "--port",
+          String(port),
+        ],
+        stdout: "null",
+        stderr: "piped",
+      }).spawn();
+      const stderr = new Response(child.stderr).text();
+      try {
+        // The ready line cannot be written: try the port until it answers.
+        const started = performance.now();
+        await withDeadline(
+          (async () => {
+            for (;;) {
+              try {
+                return await checkReply(port, [utf8("is anyone there?")]);
+              } catch (error) {
+                if (!(error instanceof Deno.errors.ConnectionRefused)) throw error;
+                await new Promise((r) => setTimeout(r, 20));
+              }
+            }
+          })(),
+          5000,
+          "a reply with stdout full",
+        );
+        figures(`stdout a full pipe: served ${elapsed(started)} ms after start`);
+        // Many more log lines than fit: still served, and it still shuts down.
+        for (let i = 0; i < 30; i++) await checkReply(port, [utf8(`line ${i}`)]);
+        child.kill("SIGTERM");
+        const status = await withDeadline(child.status, 3000, "the exit with stdout full");
+        assert.equal(status.code, 0, await stderr);
+      } finally {
+        try {
+          child.kill("SIGKILL");
+        } catch {
+          // Already exited.
+        }
+        await child.status;
+        await stderr;
+      }
+    } finally {
+      await new Deno.Command("rm", { args: ["-rf", dir] }).output();
+    }
+  },
+});
+
+/**
+ * Starts the server, puts an exchange in flight (so a graceful shutdown has
+ * to wait for it), sends `first`, and after `gapMs` `second` (if any).
+ * Resolves to the exit code and whether it said goodbye; the exchange in
+ * flight is finished once the server has had time to react to both.
+ */
+async function twoSignals(first: Deno.Signal, second: Deno.Signal | undefined, gapMs: number) {
+  await using server = Program.start("tcp_server.ts", ["--port", "0", "--host", "127.0.0.1"]);
+  const port = await server.readyPort();
+  const busy = await Deno.connect({ hostname: "127.0.0.1", port });
+  try {
+    await writeAll(busy, utf8("in flight"));
+    await withDeadline(readExactly(busy, 9), 2000, "the echo of the exchange in flight");
+    server.kill(first);
+    if (second) {
+      await new Promise((r) => setTimeout(r, gapMs));
+      server.kill(second);
+    }
+    await server.waitForLine(/^Shutting down/);
+    // Time for a second signal to take effect (it quits at once) before the
+    // exchange in flight ends and with it the graceful shutdown.
+    await new Promise((r) => setTimeout(r, 100));
+    await busy.closeWrite().catch(() => {});
+    const { code, stdout } = await server.finish();
+    return { code, goodbye: /The server has shut down\.$/.test(stdout) };
+  } finally {
+    busy.close();
+  }
+}
+
+Deno.test({
+  name: "tcp server (subprocess): SIGHUP (the terminal closed) shuts down gracefully, exit 0",
+  permissions: SUBPROCESS,
+  fn: async () => {
+    assert.deepEqual(await twoSignals("SIGHUP", undefined, 0), { code: 0, goodbye: true });
+  },
+});
+
+Deno.test({
+  name: "tcp server (subprocess): two SIGINTs 10 ms apart (deno task's Ctrl-C) count as one",
+  permissions: SUBPROCESS,
+  fn: async () => {
+    assert.deepEqual(await twoSignals("SIGINT", "SIGINT", 10), { code: 0, goodbye: true });
+  },
+});
+
+Deno.test({
+  name: "tcp server (subprocess): a second SIGTERM later quits at once with 143, SIGINT 130",
+  permissions: SUBPROCESS,
+  fn: async () => {
+    const [term, int] = await Promise.all([
+      twoSignals("SIGTERM", "SIGTERM", 300),
+      twoSignals("SIGINT", "SIGINT", 300),
+    ]);
+    assert.deepEqual(term, { code: 143, goodbye: false });
+    assert.deepEqual(int, { code: 130, goodbye: false });
+  },
+});
+
+Deno.test({
+  name: "tcp server (subprocess): Ctrl-C under `deno task tcp-server` says goodbye and exits 0",
+  permissions: SUBPROCESS,
+  fn: async () => {
+    // The terminal sends SIGINT to the whole foreground process group: here,
+    // a new session (setsid) holding deno task and the server it starts.
+    const env = Deno.env.toObject();
+    delete env.RUST_BACKTRACE;
+    const child = new Deno.Command("setsid", {
+      args: [Deno.execPath(), "task", "tcp-server", "--port", "0", "--host", "127.0.0.1"],
+      cwd: ROOT,
+      env: { ...env, NO_COLOR: "1" },
+      clearEnv: true,
+      stdout: "piped",
+      stderr: "null",
+    }).spawn();
+    let stdout = "";
+    const reading = (async () => {
+      for await (const text of child.stdout.pipeThrough(new TextDecoderStream())) stdout += text;
+    })();
+    try {
+      await waitUntil(
+        () => /ready to receive/.test(stdout),
+        5000,
+        () => `the ready line: ${stdout}`,
+      );
+      Deno.kill(-child.pid, "SIGINT"); // the process group: what Ctrl-C does
+      const status = await withDeadline(child.status, 5000, "the exit after Ctrl-C");
+      await reading;
+      assert.equal(status.code, 0, stdout);
+      assert.match(stdout, /The server has shut down\.\n$/);
+    } finally {
+      try {
+        Deno.kill(-child.pid, "SIGKILL");
+      } catch {
+        // Already gone.
+      }
+      await child.status;
+      await reading;
+    }
+  },
+});
+
+Deno.test({
+  name: "tcp server (subprocess): a grant without [::1] names it and the grant to add, exit 2",
+  permissions: SUBPROCESS,
+  fn: async () => {
+    using reserved = await reserveFixedPort();
+    const p = reserved.port;
+    const line = await expectOneLineError("tcp_server.ts", ["--port", String(p)], {
+      code: 2,
+      pattern: /^error: Network access to \[::1\]:\d+ was not granted/,
+      flags: [`--allow-net=127.0.0.1:${p}`],
+    });
+    assert.equal(
+      line,
+      `error: Network access to [::1]:${p} was not granted: ` +
+        `add it to --allow-net (--allow-net=127.0.0.1:${p},[::1]:${p})`,
+    );
   },
 });
 
