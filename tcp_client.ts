@@ -298,7 +298,7 @@ function describe(error: unknown, { hostname, port }: { hostname: string; port: 
   if (error instanceof Deno.errors.ConnectionReset) {
     return `Connection reset by ${where}: the server closed the connection abruptly`;
   }
-  if (error instanceof TimeoutError) return error.message;
+  if (error instanceof TimeoutError || error instanceof OutputError) return error.message;
   const message = error instanceof Error ? error.message : String(error);
   if (/failed to lookup address|Name or service not known/i.test(message)) {
     return `Unknown host "${hostname}": check the name, or use an IP address`;
@@ -410,15 +410,26 @@ class ReplyPrinter {
       this.#started = true;
       text = `From Server: ${text}`;
     }
-    if (text !== "") await writeAll(Deno.stdout, this.#encoder.encode(text));
+    if (text !== "") await this.#write(text);
   }
 
   /** Ends the line, if a reply was started (an empty reply still prints "From Server: "). */
   async end() {
-    if (!this.#started) return;
-    await writeAll(Deno.stdout, this.#encoder.encode("\n"));
+    if (this.#started) await this.#write("\n");
+  }
+
+  async #write(text: string) {
+    try {
+      await writeAll(Deno.stdout, this.#encoder.encode(text));
+    } catch (error) {
+      // Not the server's fault: say so (`... | head -c 10` closes the pipe early).
+      throw new OutputError(`Cannot print the reply: ${(error as Error).message}`);
+    }
   }
 }
+
+/** Stdout failed while printing a reply. */
+class OutputError extends Error {}
 
 function printError(message: string) {
   // %c styles the word in a terminal; Deno drops the style when piped.

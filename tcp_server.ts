@@ -117,10 +117,8 @@ async function serveClient(connectionSocket: Deno.Conn, server: ServerState) {
     client.fail(error);
   } finally {
     client.close(); // connectionSocket.close()
-    // Hand the buffers back now: left to the garbage collector, they wait
-    // for its next run, which an idle server may not have for a long time.
-    buffer.buffer.transfer(0);
-    reply?.buffer.transfer(0);
+    release(buffer);
+    release(reply);
   }
 }
 
@@ -149,6 +147,19 @@ const LOG_LINES_PER_SECOND = 10;
 
 /** The longest pause between accept() tries while out of file descriptors. */
 const MAX_ACCEPT_PAUSE_MS = 100;
+
+/**
+ * Hands a connection's buffer back at once. Left to the garbage collector it
+ * waits for the next collection, which an idle server may not run for a long
+ * time: transfer(0) detaches it, and its memory is freed now.
+ */
+function release(buffer: Uint8Array<ArrayBuffer> | undefined) {
+  try {
+    buffer?.buffer.transfer(0);
+  } catch {
+    // Not detachable: the garbage collector frees it later.
+  }
+}
 
 /**
  * Uppercases ASCII letters where they are and returns true if every byte was
