@@ -365,7 +365,9 @@ class ServerState {
       closeQuietly(conn);
       return undefined;
     }
-    if (this.open.size >= this.maxConnections) this.evictLeastRecentlyActive();
+    if (this.open.size >= this.maxConnections) {
+      this.evictLeastRecentlyActive(`--max-connections ${this.maxConnections}`);
+    }
     const client = new Client(conn, this);
     this.open.add(client);
     return client;
@@ -380,15 +382,12 @@ class ServerState {
    * that just connected, is among the most recently active and keeps its
    * place. The scan runs only at the cap, never on the way of a read.
    */
-  evictLeastRecentlyActive() {
+  evictLeastRecentlyActive(cap: string) {
     let oldest: Client | undefined;
     for (const client of this.open) {
       if (oldest === undefined || client.lastProgress < oldest.lastProgress) oldest = client;
     }
-    oldest?.close(
-      `evicted: the least recently active of ${this.maxConnections} (--max-connections)`,
-      "evicted",
-    );
+    oldest?.close(`evicted at ${cap}: the least recently active`, "evicted");
   }
 
   /**
@@ -399,8 +398,11 @@ class ServerState {
    * as nginx and libuv do; pausing after each would let a few resets a
    * second keep the server offline. Any other failure is the server's own,
    * above all running out of file descriptors (EMFILE, ENFILE): nothing can
-   * be accepted until connections close, so pause briefly, 10 ms doubling
-   * up to MAX_ACCEPT_PAUSE_MS, instead of spinning.
+   * be accepted until a connection closes, so pause briefly, 10 ms doubling
+   * up to MAX_ACCEPT_PAUSE_MS, instead of spinning. The open-file limit is a
+   * cap too, often below --max-connections (1024 is a common soft limit,
+   * 256 on macOS): as at the cap, the least recently active connection makes
+   * room; its descriptor is free by the end of the pause.
    */
   async acceptFailed(error: unknown, pauseMs: number): Promise<number> {
     const oneClient = error instanceof Deno.errors.NotConnected ||
@@ -413,13 +415,15 @@ class ServerState {
       return 0;
     }
     const next = Math.min(Math.max(2 * pauseMs, 10), MAX_ACCEPT_PAUSE_MS);
+    const code = (error as { code?: string }).code;
+    const outOfDescriptors = code === "EMFILE" || code === "ENFILE";
     if (this.logs("accept errors")) {
-      const code = (error as { code?: string }).code;
-      const hint = code === "EMFILE" || code === "ENFILE"
+      const hint = outOfDescriptors
         ? " (out of file descriptors: raise ulimit -n or lower --max-connections)"
         : "";
       this.log!(`Could not accept a connection: ${describe(error)}${hint}; again in ${next} ms`);
     }
+    if (outOfDescriptors) this.evictLeastRecentlyActive("the open-file limit");
     await new Promise((resolve) => setTimeout(resolve, next));
     return next;
   }

@@ -212,7 +212,7 @@ Deno.test({
         assert.equal(new TextDecoder().decode(await readToEnd(newer)), "B");
         assert.match(
           log.join("\n"),
-          /\(evicted: the least recently active of 2 \(--max-connections\)\)/,
+          /\(evicted at --max-connections 2: the least recently active\)/,
         );
       } finally {
         older.close();
@@ -529,26 +529,55 @@ class Slowloris {
   }
 }
 
+/** Where a slowloris scenario runs: a server in-process with a small cap, or a subprocess with a small open-file limit. */
+type Target = { cap: number } | { fileLimit: number };
+
+/** Starts the server for `target`; resolves to its port, its log, and how to stop it. */
+async function startTarget(target: Target) {
+  if ("cap" in target) {
+    const log: string[] = [];
+    const controller = new AbortController();
+    const server = await startTcpServer({
+      hostname: "127.0.0.1",
+      port: 0,
+      maxConnections: target.cap,
+      log: (line) => log.push(line),
+      signal: controller.signal,
+    });
+    const stop = async () => {
+      controller.abort();
+      await withDeadline(server.finished, 5000, "server shutdown");
+    };
+    return { port: server.addrs[0].port, log, stop };
+  }
+  const server = Program.start("tcp_server.ts", ["--port", "0", "--host", "127.0.0.1"]);
+  const port = await server.readyPort();
+  const limit = await new Deno.Command("prlimit", {
+    args: ["--pid", String(server.child.pid), `--nofile=${target.fileLimit}:${target.fileLimit}`],
+  }).output();
+  const stop = async () => {
+    server.kill("SIGTERM");
+    await server[Symbol.asyncDispose]();
+  };
+  if (!limit.success) {
+    await stop();
+    throw new Error(`prlimit failed: ${new TextDecoder().decode(limit.stderr)}`);
+  }
+  return { port, log: server.stdoutLines, stop };
+}
+
 /**
  * Holds the cap with a slowloris attack (one byte every 2 s), and meanwhile
  * sends 10 good clients from 127.0.0.200, 150 ms apart. Resolves to what
  * happened.
  */
-async function underSlowloris(addresses: string[], perAddress: number, cap: number) {
-  const log: string[] = [];
-  const controller = new AbortController();
-  const server = await startTcpServer({
-    hostname: "127.0.0.1",
-    port: 0,
-    maxConnections: cap,
-    log: (line) => log.push(line),
-    signal: controller.signal,
-  });
-  const port = server.addrs[0].port;
+async function underSlowloris(addresses: string[], perAddress: number, target: Target) {
+  const { port, log, stop } = await startTarget(target);
   const attack = new Slowloris(port, addresses, perAddress);
   try {
     const holding = await withDeadline(attack.start(2000), 5000, "the attack to connect");
-    assert.equal(holding, cap, "the attack holds the cap");
+    if ("cap" in target) assert.equal(holding, target.cap, "the attack holds the cap");
+    else assert.ok(holding >= target.fileLimit / 2, `the attack holds only ${holding}`);
     await new Promise((r) => setTimeout(r, 500)); // the attack settles; a drip comes mid-test
     let served = 0;
     let worstMs = 0;
@@ -561,30 +590,37 @@ async function underSlowloris(addresses: string[], perAddress: number, cap: numb
       }
       await new Promise((r) => setTimeout(r, 150));
     }
-    const evicted = log.filter((line) => line.includes("(evicted:")).length;
+    const evicted = log.filter((line) => line.includes("(evicted at")).length;
     const summarised = log.map((line) => /^\.\.\. and (\d+) more evicted /.exec(line)?.[1])
       .reduce((sum, n) => sum + Number(n ?? 0), 0);
     return { served, worstMs, reconnects: attack.reconnects, evicted: evicted + summarised };
   } finally {
     await attack.stop();
-    controller.abort();
-    await withDeadline(server.finished, 5000, "server shutdown");
+    await stop();
   }
 }
 
 Deno.test({
   name: "tcp server: slowloris from 1 and from 100 addresses holding the cap: others are served",
-  permissions: NET,
+  permissions: SUBPROCESS,
   fn: async () => {
-    // One address holding all 40 places, and a hundred addresses holding one
-    // place each (a per-address cap alone cannot stop that), at the same time
-    // against two servers.
+    // One address holding all 40 places, a hundred addresses holding one
+    // place each (a per-address cap alone cannot stop that), and, where
+    // prlimit is here, one address holding every file descriptor of a server
+    // whose open-file limit (64) is below --max-connections: at once.
     const hundred = Array.from({ length: 100 }, (_, i) => `127.0.0.${i + 2}`);
-    const [one, many] = await Promise.all([
-      underSlowloris(["127.0.0.2"], 40, 40),
-      underSlowloris(hundred, 1, 100),
-    ]);
-    for (const [name, result] of [["1 address", one], ["100 addresses", many]] as const) {
+    const scenarios: [string, Promise<Awaited<ReturnType<typeof underSlowloris>>>][] = [
+      ["1 address, --max-connections 40", underSlowloris(["127.0.0.2"], 40, { cap: 40 })],
+      ["100 addresses, --max-connections 100", underSlowloris(hundred, 1, { cap: 100 })],
+    ];
+    if (hasPrlimit) {
+      scenarios.push([
+        "1 address, ulimit -n 64",
+        underSlowloris(["127.0.0.2"], 60, { fileLimit: 64 }),
+      ]);
+    }
+    for (const [name, running] of scenarios) {
+      const result = await running;
       figures(
         `slowloris from ${name}: ${result.served}/10 good clients served, the slowest in ` +
           `${Math.round(result.worstMs)} ms; ${result.evicted} connections evicted, ` +
