@@ -568,7 +568,7 @@ async function startTarget(target: Target) {
 
 /**
  * Holds the cap with a slowloris attack (one byte every 2 s), and meanwhile
- * sends 10 good clients from 127.0.0.200, 150 ms apart. Resolves to what
+ * sends 10 good clients from 127.0.0.200, 100 ms apart. Resolves to what
  * happened.
  */
 async function underSlowloris(addresses: string[], perAddress: number, target: Target) {
@@ -578,7 +578,7 @@ async function underSlowloris(addresses: string[], perAddress: number, target: T
     const holding = await withDeadline(attack.start(2000), 5000, "the attack to connect");
     if ("cap" in target) assert.equal(holding, target.cap, "the attack holds the cap");
     else assert.ok(holding >= target.fileLimit / 2, `the attack holds only ${holding}`);
-    await new Promise((r) => setTimeout(r, 500)); // the attack settles; a drip comes mid-test
+    await new Promise((r) => setTimeout(r, 200)); // the attack settles
     let served = 0;
     let worstMs = 0;
     for (let i = 0; i < 10; i++) {
@@ -588,7 +588,7 @@ async function underSlowloris(addresses: string[], perAddress: number, target: T
         served++;
         worstMs = Math.max(worstMs, performance.now() - started);
       }
-      await new Promise((r) => setTimeout(r, 150));
+      await new Promise((r) => setTimeout(r, 100));
     }
     const evicted = log.filter((line) => line.includes("(evicted at")).length;
     const summarised = log.map((line) => /^\.\.\. and (\d+) more evicted /.exec(line)?.[1])
