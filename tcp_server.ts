@@ -595,8 +595,9 @@ Options:
                            0.0.0.0 or :: serves other hosts)
   --port PORT              port to bind, 0 for any free port (default: ${DEFAULT_PORT})
   --idle-timeout SECONDS   close a connection idle this long, 0 = never (default: 300)
-  --max-connections N      connections served at once; at the cap a new client takes
-                           the place of the least recently active one (default: 1024)
+  --max-connections N      connections served at once; at the cap (or at the open-file
+                           limit, ulimit -n, if lower) a new client takes the place
+                           of the least recently active one (default: 1024)
   --quiet                  no log lines about clients (the ready line stays)
   --help                   show this help
 
