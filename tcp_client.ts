@@ -12,8 +12,9 @@
  *
  * The first part of this file is the textbook's TCPClient.py, line for line;
  * the second part is what "good code" adds: a half-close and a read to the
- * end of the stream (so a long reply is whole), timeouts, both loopback
- * addresses for `localhost`, and one clear line for every error.
+ * end of the stream (so a long reply is whole), printed as it arrives (so an
+ * endless reply cannot fill the memory), timeouts, both loopback addresses
+ * for `localhost`, and one clear line for every error.
  *
  * @module
  */
@@ -33,7 +34,7 @@ export const DEFAULT_PORT = 12000;
 //   sentence = input('Input lowercase sentence:') prompt(...) in main()
 //   clientSocket.send(sentence.encode())         writeAll(clientSocket, ...)
 //   modifiedSentence = clientSocket.recv(1024)   await reply (readAll)
-//   print('From Server:', modifiedSentence...)   console.log("From Server:", ...)
+//   print('From Server:', modifiedSentence...)   printed as it arrives, in main()
 //   clientSocket.close()                         clientSocket.close()
 // ===========================================================================
 
@@ -45,12 +46,24 @@ export interface TcpExchangeOptions {
   port: number;
   /** The sentence to send. */
   sentence: string;
-  /** Seconds allowed for connecting and for the whole reply. Default 10. */
+  /** Seconds allowed for the whole exchange: connecting, sending, the whole reply. Default 10. */
   timeout?: number;
+  /**
+   * Called with each piece of the reply as it arrives, decoded; the next
+   * read waits for it. With it, nothing is kept and the promise resolves
+   * to "": the reply can be endless and memory stays bounded.
+   */
+  onReply?: (text: string) => void | Promise<void>;
+  /**
+   * Without onReply: the longest reply kept, in bytes, before giving up
+   * with a {@linkcode ReplyTooLongError}. Default 64 MiB.
+   */
+  maxReplyBytes?: number;
 }
 
 /**
- * Sends one sentence over a new TCP connection and resolves to the reply.
+ * Sends one sentence over a new TCP connection and resolves to the reply
+ * (or hands it to `onReply` piece by piece).
  *
  * @example
  * ```ts
@@ -72,7 +85,7 @@ export async function exchangeTcp(options: TcpExchangeOptions): Promise<string> 
     // Start reading before writing: the server answers while we are still
     // sending, and if nobody read its answer, a long sentence would fill both
     // sides' buffers and each side would wait for the other forever.
-    const reply = readAll(clientSocket);
+    const reply = readAll(clientSocket, options, deadline.signal);
     reply.catch(() => {}); // a failed write below reports the error instead
     await writeAll(clientSocket, new TextEncoder().encode(sentence));
     // Half-close: "I have sent everything". The server reads until this end of
@@ -108,7 +121,7 @@ async function connect(hostname: string, port: number, signal: AbortSignal) {
 }
 
 /** Sends every byte: write() may send only part of a buffer, like send(). */
-async function writeAll(conn: Deno.Conn, data: Uint8Array) {
+async function writeAll(conn: { write(p: Uint8Array): Promise<number> }, data: Uint8Array) {
   let written = 0;
   while (written < data.length) {
     written += await conn.write(data.subarray(written));
@@ -118,16 +131,49 @@ async function writeAll(conn: Deno.Conn, data: Uint8Array) {
 /**
  * Reads until the server closes its side. The textbook's single recv(1024)
  * gets only what has arrived so far: a long reply comes in many pieces.
+ * Each piece goes to `onReply` if given (and is not kept), or is added to the
+ * reply, up to `maxReplyBytes`: a server can send without end.
  */
-async function readAll(conn: Deno.Conn): Promise<string> {
+async function readAll(
+  conn: Deno.Conn,
+  { onReply, maxReplyBytes = 64 * 1024 * 1024 }: TcpExchangeOptions,
+  deadline: AbortSignal,
+): Promise<string> {
   // stream: true keeps a UTF-8 character split across two reads intact.
   const decoder = new TextDecoder("utf-8", { ignoreBOM: true });
   const buffer = new Uint8Array(16 * 1024);
-  let text = "";
+  const pieces: string[] = [];
+  let received = 0;
   for (;;) {
     const n = await conn.read(buffer);
-    if (n === null) return text + decoder.decode();
-    text += decoder.decode(buffer.subarray(0, n), { stream: true });
+    const text = n === null ? decoder.decode() : decoder.decode(buffer.subarray(0, n), {
+      stream: true,
+    });
+    if (onReply) {
+      // Wait for the output (a full pipe, a slow terminal) before reading on,
+      // but never past the deadline.
+      await untilDeadline(onReply(text), deadline);
+    } else {
+      received += n ?? 0;
+      if (received > maxReplyBytes) throw new ReplyTooLongError(maxReplyBytes);
+      pieces.push(text);
+    }
+    if (n === null) return pieces.join("");
+  }
+}
+
+/** Resolves with `work`, or rejects as soon as the deadline passes. */
+async function untilDeadline(work: void | Promise<void>, deadline: AbortSignal) {
+  if (!(work instanceof Promise)) return;
+  let onAbort = () => {};
+  const expired = new Promise<never>((_, reject) => {
+    onAbort = () => reject(deadline.reason);
+    deadline.addEventListener("abort", onAbort, { once: true });
+  });
+  try {
+    await Promise.race([work, expired]);
+  } finally {
+    deadline.removeEventListener("abort", onAbort);
   }
 }
 
@@ -140,6 +186,17 @@ export class TimeoutError extends Error {
   constructor(hostname: string, port: number, seconds: number) {
     super(`Timed out after ${seconds} s waiting for ${hostname}:${port} (see --timeout)`);
     this.name = "TimeoutError";
+  }
+}
+
+/** A reply longer than `maxReplyBytes`, in exchangeTcp's string mode. */
+export class ReplyTooLongError extends Error {
+  constructor(maxBytes: number) {
+    super(
+      `The reply is longer than ${maxBytes} bytes (maxReplyBytes): ` +
+        "use onReply to take it piece by piece",
+    );
+    this.name = "ReplyTooLongError";
   }
 }
 
@@ -165,7 +222,8 @@ terminal, and sends every line of piped input, one connection per line.
 Options:
   --host HOST          server name or address (default: localhost)
   --port PORT          server port (default: ${DEFAULT_PORT})
-  --timeout SECONDS    limit for connecting and for each reply (default: 10)
+  --timeout SECONDS    limit for each whole exchange: connecting, sending and
+                       the whole reply (default: 10)
   --help               show this help
 
 Exit codes: 0 success, 1 network failure, 2 usage error.
@@ -233,22 +291,47 @@ function shortParseError(error: unknown): string {
 /** One line that says what went wrong and what to do about it. */
 function describe(error: unknown, { hostname, port }: { hostname: string; port: number }) {
   const where = `${hostname.includes(":") ? `[${hostname}]` : hostname}:${port}`;
-  if (error instanceof Deno.errors.NotCapable) {
-    return "Network access is not allowed: run again with the --allow-net flag " +
-      "(deno run --allow-net tcp_client.ts)";
-  }
+  if (error instanceof Deno.errors.NotCapable) return notAllowed(error, { hostname, port });
   if (error instanceof Deno.errors.ConnectionRefused) {
     return `Connection refused by ${where}: is the server running on ${where}?`;
   }
   if (error instanceof Deno.errors.ConnectionReset) {
     return `Connection reset by ${where}: the server closed the connection abruptly`;
   }
-  if (error instanceof TimeoutError) return error.message;
+  if (error instanceof TimeoutError || error instanceof OutputError) return error.message;
   const message = error instanceof Error ? error.message : String(error);
   if (/failed to lookup address|Name or service not known/i.test(message)) {
     return `Unknown host "${hostname}": check the name, or use an IP address`;
   }
   return `Cannot talk to ${where}: ${message.split("\n")[0]}`;
+}
+
+/**
+ * The error for a missing network permission. Deno's own message says "run
+ * again with the --allow-net flag" even when the flag was given with a list
+ * that lacks one address (127.0.0.1:12000 but not [::1]:12000). If any
+ * loopback address or the server is granted, a list was given: name the
+ * address it lacks and the grant that covers this server.
+ */
+function notAllowed(error: Error, { hostname, port }: { hostname: string; port: number }) {
+  const denied = /Requires net access to "([^"]+)"/.exec(error.message)?.[1];
+  const host = (name: string) => name.includes(":") ? `[${name}]` : name;
+  const names = hostname === "localhost" ? ["127.0.0.1", "::1"] : [hostname];
+  const needed = names.map((name) => `${host(name)}:${port}`);
+  const grant = `--allow-net=${needed.join(",")}`;
+  const probes = [...needed, "127.0.0.1", "[::1]", "localhost"].flatMap((h) => [h, `${h}:${port}`]);
+  const listGiven = probes.some((probe) => {
+    try {
+      return Deno.permissions.querySync({ name: "net", host: probe }).state === "granted";
+    } catch {
+      return false;
+    }
+  });
+  if (denied && listGiven) {
+    return `Network access to ${denied} was not granted: add it to --allow-net (${grant})`;
+  }
+  return "Network access is not allowed: run again with the --allow-net flag " +
+    `(deno run --allow-net tcp_client.ts, or ${grant} for this server only)`;
 }
 
 /**
@@ -297,16 +380,56 @@ export async function main(args: string[]): Promise<number> {
     return 0;
   }
   for await (const sentence of sentences(options.sentence)) {
+    // The textbook prints the reply once it has it all. A reply can be
+    // endless, so print each piece as it arrives, after "From Server: ".
+    const out = new ReplyPrinter();
     try {
-      const modifiedSentence = await exchangeTcp({ ...options, sentence });
-      console.log("From Server:", modifiedSentence);
+      await exchangeTcp({ ...options, sentence, onReply: (text) => out.print(text) });
+      await out.end();
     } catch (error) {
+      await out.end().catch(() => {}); // end a reply cut short; stdout may be gone
       printError(describe(error, options));
       return error instanceof Deno.errors.NotCapable ? 2 : 1;
     }
   }
   return 0;
 }
+
+/**
+ * Prints one reply to stdout as it arrives: "From Server: ", the pieces,
+ * a newline. The prefix waits for the first piece, so an error before any
+ * reply leaves stdout empty.
+ */
+class ReplyPrinter {
+  #started = false;
+  #encoder = new TextEncoder();
+
+  /** Prints one piece; resolves once stdout has taken it all. */
+  async print(text: string) {
+    if (!this.#started) {
+      this.#started = true;
+      text = `From Server: ${text}`;
+    }
+    if (text !== "") await this.#write(text);
+  }
+
+  /** Ends the line, if a reply was started (an empty reply still prints "From Server: "). */
+  async end() {
+    if (this.#started) await this.#write("\n");
+  }
+
+  async #write(text: string) {
+    try {
+      await writeAll(Deno.stdout, this.#encoder.encode(text));
+    } catch (error) {
+      // Not the server's fault: say so (`... | head -c 10` closes the pipe early).
+      throw new OutputError(`Cannot print the reply: ${(error as Error).message}`);
+    }
+  }
+}
+
+/** Stdout failed while printing a reply. */
+class OutputError extends Error {}
 
 function printError(message: string) {
   // %c styles the word in a terminal; Deno drops the style when piped.

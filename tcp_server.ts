@@ -14,8 +14,10 @@
  *
  * The first part of this file is the textbook's TCPServer.py, line for line.
  * The second part is what "good code" adds: concurrency, streaming with
- * correct UTF-8, flow control, idle timeouts, a connection cap, clear errors
- * and a graceful shutdown.
+ * correct UTF-8, flow control, idle timeouts, a connection cap that evicts
+ * the least recently active client, bounded memory per client, a log that
+ * never blocks and is summarised under floods, clear errors and a graceful
+ * shutdown.
  *
  * @module
  */
@@ -25,6 +27,9 @@ import { parseArgs } from "node:util";
 export const DEFAULT_PORT = 12000;
 
 const encoder = new TextEncoder();
+
+/** Input bytes decoded and uppercased at a time, once a client sends non-ASCII text. */
+const TEXT_SLICE = 16 * 1024;
 
 // ===========================================================================
 // Part 1: the textbook flow
@@ -44,16 +49,18 @@ const encoder = new TextEncoder();
 
 /** The welcoming loop: wait for a client to knock, give it its own socket. */
 async function acceptLoop(serverSocket: Deno.Listener, server: ServerState) {
+  let pauseMs = 0; // the back-off while out of file descriptors
   for (;;) {
     let connectionSocket: Deno.Conn;
     try {
       connectionSocket = await serverSocket.accept();
+      pauseMs = 0;
     } catch (error) {
       if (server.stopping) return; // we closed the welcoming socket ourselves
-      // Running out of file descriptors (EMFILE) must not kill the server:
-      // say so, let some connections finish, and keep accepting.
-      server.log?.(`Could not accept a connection: ${describe(error)}`);
-      await new Promise((resolve) => setTimeout(resolve, 100));
+      // A client that reset before we got to it fails only its own accept():
+      // take the next one at once. Out of file descriptors, pause briefly
+      // (connections must close first), then keep accepting: never die.
+      pauseMs = await server.acceptFailed(error, pauseMs);
       continue;
     }
     // The textbook serves one client at a time, so a client that connects and
@@ -78,6 +85,9 @@ async function serveClient(connectionSocket: Deno.Conn, server: ServerState) {
   // Plain ASCII, what most clients send, needs no decoder: it is made at the
   // first byte above 0x7f, and from then on every read goes through it.
   let decoder: TextDecoder | undefined;
+  // The reply to a slice of non-ASCII text is encoded into one buffer per
+  // connection, made at the first such read and reused (see capitalize).
+  let reply: Uint8Array<ArrayBuffer> | undefined;
   try {
     client.touch(); // start the idle clock
     for (;;) {
@@ -90,24 +100,66 @@ async function serveClient(connectionSocket: Deno.Conn, server: ServerState) {
         await client.write(buffer.subarray(0, n));
       } else {
         decoder ??= new TextDecoder("utf-8", { ignoreBOM: true });
-        const sentence = decoder.decode(buffer.subarray(0, n), { stream: true });
-        const capitalizedSentence = sentence.toUpperCase();
-        await client.write(encoder.encode(capitalizedSentence));
+        reply ??= new Uint8Array(3 * TEXT_SLICE + 16);
+        // Uppercasing can triple the bytes (ΐ: 2 bytes -> 6). Work through
+        // the read in slices and send each before the next, so a client that
+        // never reads holds one slice's reply here, not three whole reads.
+        for (let start = 0; start < n; start += TEXT_SLICE) {
+          const slice = buffer.subarray(start, Math.min(n, start + TEXT_SLICE));
+          await client.write(capitalize(slice, decoder, reply));
+        }
       }
       if (n === buffer.length && n < 64 * 1024) buffer = new Uint8Array(n * 4);
     }
     // Flush the decoder: a character cut off at the very end becomes U+FFFD.
-    if (decoder) await client.write(encoder.encode(decoder.decode().toUpperCase()));
+    if (decoder && reply) await client.write(capitalize(new Uint8Array(), decoder, reply, true));
   } catch (error) {
     client.fail(error);
   } finally {
     client.close(); // connectionSocket.close()
+    release(buffer);
+    release(reply);
   }
+}
+
+/**
+ * The textbook's three steps for one slice of bytes: decode, uppercase,
+ * encode, into `reply`, which holds three times TEXT_SLICE (+16): no
+ * character grows more than threefold, ΐ and ΰ from 2 bytes to 6, an invalid
+ * byte to U+FFFD's 3 (+16 covers a character cut between two slices).
+ * It is synchronous on purpose: the strings die before the caller waits on
+ * a write, so a client that never reads does not keep them alive.
+ */
+function capitalize(bytes: Uint8Array, decoder: TextDecoder, reply: Uint8Array, end = false) {
+  const sentence = decoder.decode(bytes, { stream: !end });
+  const capitalizedSentence = sentence.toUpperCase();
+  const { read, written } = encoder.encodeInto(capitalizedSentence, reply);
+  if (read < capitalizedSentence.length) throw new Error("A reply slice outgrew its buffer");
+  return reply.subarray(0, written);
 }
 
 // ===========================================================================
 // Part 2: what good code adds
 // ===========================================================================
+
+/** Log lines of one kind written per second; the rest are counted in one summary line. */
+const LOG_LINES_PER_SECOND = 10;
+
+/** The longest pause between accept() tries while out of file descriptors. */
+const MAX_ACCEPT_PAUSE_MS = 100;
+
+/**
+ * Hands a connection's buffer back at once. Left to the garbage collector it
+ * waits for the next collection, which an idle server may not run for a long
+ * time: transfer(0) detaches it, and its memory is freed now.
+ */
+function release(buffer: Uint8Array<ArrayBuffer> | undefined) {
+  try {
+    buffer?.buffer.transfer(0);
+  } catch {
+    // Not detachable: the garbage collector frees it later.
+  }
+}
 
 /**
  * Uppercases ASCII letters where they are and returns true if every byte was
@@ -137,7 +189,10 @@ export interface TcpServerOptions {
   signal?: AbortSignal;
   /** Seconds without progress before a connection is closed; 0 = never. Default 300. */
   idleTimeout?: number;
-  /** Connections served at once; more are accepted and closed. Default 1024. */
+  /**
+   * Connections served at once. At the cap, a new connection takes the place
+   * of the least recently active one (see evictLeastRecentlyActive). Default 1024.
+   */
   maxConnections?: number;
   /** Seconds that clients mid-exchange get to finish at shutdown. Default 10. */
   shutdownGrace?: number;
@@ -196,7 +251,7 @@ export async function startTcpServer(
   const finished = (async () => {
     await loops;
     await server.drained();
-    server.stopSweeping();
+    server.stopTicking();
     clearTimeout(graceTimer);
   })();
   // Binding above is synchronous; staying async means a bind error reaches
@@ -226,6 +281,9 @@ function listenAll(hostname: string, port: number): Deno.Listener[] {
   }
 }
 
+/** The kinds of log lines; each kind is limited on its own (see LogLimiter). */
+type LogKind = "served" | "evicted" | "refused" | "accept errors";
+
 /** The connections in flight, their limits, and the log. */
 class ServerState {
   stopping = false;
@@ -235,7 +293,10 @@ class ServerState {
   readonly maxConnections: number;
   readonly open = new Set<Client>();
   #drained = Promise.withResolvers<void>();
-  #sweeper: ReturnType<typeof setInterval> | undefined;
+  #limiter: LogLimiter | undefined;
+  #ticker: ReturnType<typeof setInterval> | undefined;
+  #tickMs: number;
+  #ticks = 0;
 
   constructor(
     options: {
@@ -247,10 +308,22 @@ class ServerState {
     this.idleMs = options.idleTimeout * 1000;
     this.maxConnections = options.maxConnections;
     this.log = options.log;
-    // One timer for all connections, not one per connection restarted on
-    // every read: a few times per timeout, close the clients idle too long.
-    if (this.idleMs > 0) {
-      this.#sweeper = setInterval(() => this.closeStale(), Math.min(1000, this.idleMs / 4));
+    if (this.log) this.#limiter = new LogLimiter(this.log);
+    // One timer for the whole server, not one per connection restarted on
+    // every read: a few times per idle timeout it closes the clients idle
+    // too long, and once a second it ends the log's second (LogLimiter).
+    this.#tickMs = this.idleMs > 0 ? Math.min(1000, this.idleMs / 4) : 1000;
+    if (this.idleMs > 0 || this.#limiter) {
+      this.#ticker = setInterval(() => this.tick(), this.#tickMs);
+    }
+  }
+
+  /** The server's clock: the idle sweep, and the log's summary once a second. */
+  tick() {
+    if (this.idleMs > 0) this.closeStale();
+    if (++this.#ticks * this.#tickMs >= 1000) {
+      this.#ticks = 0;
+      this.#limiter?.endSecond();
     }
   }
 
@@ -264,26 +337,95 @@ class ServerState {
     }
   }
 
-  /** Stops the idle sweep once the server has shut down. */
-  stopSweeping() {
-    clearInterval(this.#sweeper);
+  /** Stops the clock once the server has shut down, and writes the last summaries. */
+  stopTicking() {
+    clearInterval(this.#ticker);
+    this.#limiter?.endSecond();
   }
 
-  /** Registers a new connection, or refuses it politely past the cap. */
+  /**
+   * Whether to log a line of this kind now: not with --quiet, and not past
+   * LOG_LINES_PER_SECOND lines of the kind this second (then it is counted).
+   * Callers ask first, so a line that is not written is not even formatted.
+   */
+  logs(kind: LogKind): boolean {
+    return this.#limiter !== undefined && this.#limiter.allow(kind);
+  }
+
+  /** Registers a new connection; at the cap, it takes the least recently active one's place. */
   track(conn: Deno.Conn): Client | undefined {
-    if (this.open.size < this.maxConnections && !this.stopping) {
-      const client = new Client(conn, this);
-      this.open.add(client);
-      return client;
+    if (this.stopping) {
+      // Accept-and-close: the client gets a clean end of stream at once
+      // instead of waiting in the kernel's queue for a server that is leaving.
+      if (this.logs("refused")) {
+        this.log!(
+          `Refused ${formatAddr(conn.remoteAddr as Deno.NetAddr)}: the server is shutting down`,
+        );
+      }
+      closeQuietly(conn);
+      return undefined;
     }
-    // Accept-and-close keeps the listener accepting: the client gets a clean
-    // end of stream at once instead of waiting in the kernel's queue.
-    const why = this.stopping
-      ? "the server is shutting down"
-      : `${this.maxConnections} connections already open (--max-connections)`;
-    this.log?.(`Refused ${formatAddr(conn.remoteAddr as Deno.NetAddr)}: ${why}`);
-    closeQuietly(conn);
-    return undefined;
+    if (this.open.size >= this.maxConnections) {
+      this.evictLeastRecentlyActive(`--max-connections ${this.maxConnections}`);
+    }
+    const client = new Client(conn, this);
+    this.open.add(client);
+    return client;
+  }
+
+  /**
+   * At the cap, a newcomer takes the place of the connection that made
+   * progress longest ago. Refusing newcomers instead lets whoever fills the
+   * cap first keep everyone else out: one address holding every place and
+   * dripping a byte every few seconds (slowloris), or a hundred addresses
+   * holding one place each. A client in the middle of an exchange, or one
+   * that just connected, is among the most recently active and keeps its
+   * place. The scan runs only at the cap, never on the way of a read.
+   */
+  evictLeastRecentlyActive(cap: string) {
+    let oldest: Client | undefined;
+    for (const client of this.open) {
+      if (oldest === undefined || client.lastProgress < oldest.lastProgress) oldest = client;
+    }
+    oldest?.close(`evicted at ${cap}: the least recently active`, "evicted");
+  }
+
+  /**
+   * Handles a failed accept() and returns the pause to use if the next one
+   * fails too. Most failures belong to one client, which reset or aborted
+   * its connection before we accepted it (ENOTCONN "Transport endpoint is
+   * not connected", ECONNABORTED, ECONNRESET): take the next client at once,
+   * as nginx and libuv do; pausing after each would let a few resets a
+   * second keep the server offline. Any other failure is the server's own,
+   * above all running out of file descriptors (EMFILE, ENFILE): nothing can
+   * be accepted until a connection closes, so pause briefly, 10 ms doubling
+   * up to MAX_ACCEPT_PAUSE_MS, instead of spinning. The open-file limit is a
+   * cap too, often below --max-connections (1024 is a common soft limit,
+   * 256 on macOS): as at the cap, the least recently active connection makes
+   * room; its descriptor is free by the end of the pause.
+   */
+  async acceptFailed(error: unknown, pauseMs: number): Promise<number> {
+    const oneClient = error instanceof Deno.errors.NotConnected ||
+      error instanceof Deno.errors.ConnectionAborted ||
+      error instanceof Deno.errors.ConnectionReset;
+    if (oneClient) {
+      if (this.logs("accept errors")) {
+        this.log!(`Could not accept a connection: ${describe(error)} (the client left first)`);
+      }
+      return 0;
+    }
+    const next = Math.min(Math.max(2 * pauseMs, 10), MAX_ACCEPT_PAUSE_MS);
+    const code = (error as { code?: string }).code;
+    const outOfDescriptors = code === "EMFILE" || code === "ENFILE";
+    if (this.logs("accept errors")) {
+      const hint = outOfDescriptors
+        ? " (out of file descriptors: raise ulimit -n or lower --max-connections)"
+        : "";
+      this.log!(`Could not accept a connection: ${describe(error)}${hint}; again in ${next} ms`);
+    }
+    if (outOfDescriptors) this.evictLeastRecentlyActive("the open-file limit");
+    await new Promise((resolve) => setTimeout(resolve, next));
+    return next;
   }
 
   /** Called by a client once it has closed. */
@@ -308,6 +450,43 @@ class ServerState {
   /** Resolves when, after shutdown began, the last connection has closed. */
   drained(): Promise<void> {
     return this.#drained.promise;
+  }
+}
+
+/**
+ * Lets through at most LOG_LINES_PER_SECOND lines of each kind per second
+ * and counts the rest; at the end of the second, one line per kind says how
+ * many were left out. Without it a flood of connections or resets writes a
+ * line each, and the attacker chooses how much we log. It costs a counter
+ * per line; the second is ended by the server's one timer.
+ */
+class LogLimiter {
+  #shown = new Map<LogKind, number>();
+  #held = new Map<LogKind, number>();
+  #log: (line: string) => void;
+
+  constructor(log: (line: string) => void) {
+    this.#log = log;
+  }
+
+  /** True if a line of this kind may be written now; if not, it is counted. */
+  allow(kind: LogKind): boolean {
+    const shown = this.#shown.get(kind) ?? 0;
+    if (shown < LOG_LINES_PER_SECOND) {
+      this.#shown.set(kind, shown + 1);
+      return true;
+    }
+    this.#held.set(kind, (this.#held.get(kind) ?? 0) + 1);
+    return false;
+  }
+
+  /** Writes one summary line per kind that was held back, and starts a new second. */
+  endSecond() {
+    for (const [kind, count] of this.#held) {
+      this.#log(`... and ${count} more ${kind} in the last second`);
+    }
+    this.#shown.clear();
+    this.#held.clear();
   }
 }
 
@@ -354,17 +533,18 @@ class Client {
   }
 
   /** Closes the connection once and logs one line about it. */
-  close(reason = "") {
+  close(reason = "", kind: LogKind = "served") {
     if (this.#closed) return;
     this.#closed = true;
     this.#outcome ||= reason;
     closeQuietly(this.#conn);
-    const suffix = this.#outcome ? ` (${this.#outcome})` : "";
-    // An optional call evaluates its argument only when there is a log.
-    this.#server.log?.(
-      `Served ${formatAddr(this.#conn.remoteAddr as Deno.NetAddr)}: ` +
-        `${this.bytesIn} bytes in, ${this.bytesOut} bytes out${suffix}`,
-    );
+    if (this.#server.logs(kind)) {
+      const suffix = this.#outcome ? ` (${this.#outcome})` : "";
+      this.#server.log!(
+        `Served ${formatAddr(this.#conn.remoteAddr as Deno.NetAddr)}: ` +
+          `${this.bytesIn} bytes in, ${this.bytesOut} bytes out${suffix}`,
+      );
+    }
     this.#server.forget(this);
   }
 }
@@ -415,9 +595,15 @@ Options:
                            0.0.0.0 or :: serves other hosts)
   --port PORT              port to bind, 0 for any free port (default: ${DEFAULT_PORT})
   --idle-timeout SECONDS   close a connection idle this long, 0 = never (default: 300)
-  --max-connections N      connections served at once (default: 1024)
-  --quiet                  no log line per connection
+  --max-connections N      connections served at once; at the cap (or at the open-file
+                           limit, ulimit -n, if lower) a new client takes the place
+                           of the least recently active one (default: 1024)
+  --quiet                  no log lines about clients (the ready line stays)
   --help                   show this help
+
+Log lines of one kind past ${LOG_LINES_PER_SECOND} a second are counted in one summary line.
+SIGINT (Ctrl-C), SIGTERM or SIGHUP: finish the exchanges in flight (at most 10 s),
+then exit 0; a second signal, 0.2 s or more later, quits at once.
 
 Examples:
   deno run --allow-net tcp_server.ts
@@ -519,10 +705,7 @@ function parseNumber(
 /** One line that tells the user what went wrong and what to do. */
 function describe(error: unknown, context?: { hostname: string; port: number }): string {
   const where = context ? `${context.hostname}:${context.port}` : "";
-  if (error instanceof Deno.errors.NotCapable) {
-    return "Network access is not allowed: run again with the --allow-net flag " +
-      "(deno run --allow-net tcp_server.ts)";
-  }
+  if (error instanceof Deno.errors.NotCapable && context) return notAllowed(error, context);
   if (error instanceof Deno.errors.AddrInUse) {
     return `Address ${where} is already in use: stop the other server or choose another --port`;
   }
@@ -540,6 +723,132 @@ function describe(error: unknown, context?: { hostname: string; port: number }):
     return `Unknown host "${context?.hostname}": check the --host name`;
   }
   return message.split("\n")[0];
+}
+
+/**
+ * The error for a missing network permission. Deno's own message says "run
+ * again with the --allow-net flag" even when the flag was given with a list
+ * that lacks one address (127.0.0.1:12000 but not [::1]:12000). If any
+ * loopback address or this host is granted, a list was given: name the
+ * address it lacks and the grant that covers this server.
+ */
+function notAllowed(error: Error, { hostname, port }: { hostname: string; port: number }) {
+  const denied = /Requires net access to "([^"]+)"/.exec(error.message)?.[1];
+  const host = (name: string) => name.includes(":") ? `[${name}]` : name;
+  const names = hostname === "localhost" ? ["127.0.0.1", "::1"] : [hostname];
+  // With --port 0 any port may be picked: only a grant without a port covers it.
+  const needed = names.map((name) => port === 0 ? host(name) : `${host(name)}:${port}`);
+  const grant = `--allow-net=${needed.join(",")}`;
+  const probes = [...needed, "127.0.0.1", "[::1]", "localhost"].flatMap((h) => [h, `${h}:${port}`]);
+  const listGiven = probes.some((probe) => {
+    try {
+      return Deno.permissions.querySync({ name: "net", host: probe }).state === "granted";
+    } catch {
+      return false;
+    }
+  });
+  if (denied && listGiven) {
+    return `Network access to ${denied} was not granted: add it to --allow-net (${grant})`;
+  }
+  return "Network access is not allowed: run again with the --allow-net flag " +
+    `(deno run --allow-net tcp_server.ts, or ${grant} for these addresses only)`;
+}
+
+/** Lines queued for stdout at most; past it, lines are dropped and counted. */
+const MAX_QUEUED_LOG_LINES = 1000;
+
+/**
+ * The command line's log: lines go to stdout through a bounded queue and are
+ * written asynchronously. console.log is a synchronous write: with stdout a
+ * pipe that nobody reads (once its 64 KiB are full), it waits, and the whole
+ * server with it. Here only the queue waits; when it is full, lines are
+ * dropped and counted, and the count is written once the output drains.
+ */
+class StdoutLog {
+  #queue: string[] = [];
+  #dropped = 0;
+  #writing: Promise<void> | undefined;
+  #broken = false;
+
+  /** Queues one line and returns at once. */
+  line = (text: string) => {
+    if (this.#broken || this.#queue.length >= MAX_QUEUED_LOG_LINES) {
+      this.#dropped++;
+      return;
+    }
+    this.#queue.push(text);
+    this.#writing ??= this.#drain();
+  };
+
+  async #drain() {
+    try {
+      while (this.#queue.length > 0 || this.#dropped > 0) {
+        const lines = this.#queue;
+        this.#queue = [];
+        if (this.#dropped > 0) {
+          // Lines are dropped only once the queue is full, so after all of these.
+          lines.push(`(${this.#dropped} log lines dropped: the output could not keep up)`);
+          this.#dropped = 0;
+        }
+        await writeAll(Deno.stdout, encoder.encode(lines.join("\n") + "\n"));
+      }
+    } catch {
+      this.#broken = true; // stdout is gone (the terminal closed): log nothing more
+    } finally {
+      this.#writing = undefined;
+    }
+  }
+
+  /** Resolves once every queued line is written, or after `ms` if the output is stuck. */
+  async flush(ms: number) {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const stuck = new Promise<"stuck">((resolve) => timer = setTimeout(resolve, ms, "stuck"));
+    while (this.#writing) {
+      if (await Promise.race([this.#writing, stuck]) === "stuck") break;
+    }
+    clearTimeout(timer);
+  }
+}
+
+/** Writes every byte: write() may take only part of a buffer. */
+async function writeAll(output: { write(p: Uint8Array): Promise<number> }, data: Uint8Array) {
+  for (let written = 0; written < data.length;) {
+    written += await output.write(data.subarray(written));
+  }
+}
+
+/** The signals that start a graceful shutdown, with their numbers (exit 128 + number). */
+const SHUTDOWN_SIGNALS = { SIGHUP: 1, SIGINT: 2, SIGTERM: 15 } as const;
+
+/**
+ * Signals this close to the first count as the same one. Under `deno task`,
+ * one Ctrl-C arrives twice within milliseconds: from the terminal and
+ * forwarded by deno task.
+ */
+const SAME_SIGNAL_MS = 200;
+
+/**
+ * Calls `shutDown` on the first SIGINT (Ctrl-C), SIGTERM (kill) or SIGHUP
+ * (the terminal closed). A later second signal quits at once with the
+ * shell's code for it, 128 + its number: 130 for SIGINT, 143 for SIGTERM.
+ */
+function onShutdownSignals(shutDown: () => void) {
+  let firstAt: number | undefined;
+  for (const [name, number] of Object.entries(SHUTDOWN_SIGNALS)) {
+    try {
+      Deno.addSignalListener(name as keyof typeof SHUTDOWN_SIGNALS, () => {
+        const now = performance.now();
+        if (firstAt === undefined) {
+          firstAt = now;
+          shutDown();
+        } else if (now - firstAt > SAME_SIGNAL_MS) {
+          Deno.exit(128 + number);
+        }
+      });
+    } catch {
+      // Windows has no SIGHUP or SIGTERM; Ctrl-C still works there.
+    }
+  }
 }
 
 /**
@@ -563,23 +872,14 @@ export async function main(args: string[]): Promise<number> {
     return 0;
   }
 
+  const stdout = new StdoutLog();
   const controller = new AbortController();
-  let signals = 0;
-  const onSignal = () => {
-    // First signal: shut down gracefully. Second: quit at once.
-    if (++signals > 1) Deno.exit(130);
-    console.log(
+  onShutdownSignals(() => {
+    stdout.line(
       "Shutting down: finishing the exchanges in flight (press Ctrl-C again to quit now)",
     );
     controller.abort();
-  };
-  for (const name of ["SIGINT", "SIGTERM"] as const) {
-    try {
-      Deno.addSignalListener(name, onSignal);
-    } catch {
-      // Windows has no SIGTERM; Ctrl-C still works there.
-    }
-  }
+  });
 
   let server: TcpServer;
   try {
@@ -589,20 +889,21 @@ export async function main(args: string[]): Promise<number> {
       idleTimeout: options.idleTimeout,
       maxConnections: options.maxConnections,
       signal: controller.signal,
-      log: options.quiet ? null : console.log,
+      log: options.quiet ? null : stdout.line,
     });
   } catch (error) {
     printError(describe(error, options));
     return error instanceof Deno.errors.NotCapable ? 2 : 1;
   }
-  console.log(`The server is ready to receive on ${formatAddrs(server.addrs)}`);
-  console.log(
+  stdout.line(`The server is ready to receive on ${formatAddrs(server.addrs)}`);
+  stdout.line(
     isLoopback(options.hostname)
       ? "Only this machine can connect (loopback); use --host 0.0.0.0 or --host :: to serve other hosts."
       : `Serving other hosts too (--host ${options.hostname}): anyone who can reach this machine can connect.`,
   );
   await server.finished;
-  console.log("The server has shut down.");
+  stdout.line("The server has shut down.");
+  await stdout.flush(500); // a stdout nobody reads must not keep us from exiting
   return 0;
 }
 

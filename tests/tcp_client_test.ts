@@ -4,7 +4,7 @@
  * misbehave on purpose.
  */
 import assert from "node:assert/strict";
-import { exchangeTcp, parseClientArgs, TimeoutError } from "../tcp_client.ts";
+import { exchangeTcp, parseClientArgs, ReplyTooLongError, TimeoutError } from "../tcp_client.ts";
 import { startTcpServer } from "../tcp_server.ts";
 import {
   expectOneLineError,
@@ -12,6 +12,7 @@ import {
   NO_NET_ERROR,
   Program,
   readToEnd,
+  ROOT,
   SUBPROCESS,
   withServer,
   writeAll,
@@ -263,6 +264,132 @@ Deno.test({
     assert.equal(
       stderr.trim(),
       'error: Unknown host "no-such-host.invalid": check the name, or use an IP address',
+    );
+  },
+});
+
+// --- hostile servers (issue 9) --------------------------------------------
+
+/** Peak resident memory (VmHWM, KB) of a process, read through `cat` (Deno needs --allow-all for /proc). */
+async function peakKb(pid: number): Promise<number> {
+  const { stdout } = await new Deno.Command("cat", { args: [`/proc/${pid}/status`] }).output();
+  return Number(/VmHWM:\s+(\d+)/.exec(new TextDecoder().decode(stdout))?.[1]);
+}
+
+Deno.test({
+  name:
+    "tcp client (subprocess): an endless reply streams out in bounded memory; --timeout ends it",
+  permissions: SUBPROCESS,
+  fn: async () => {
+    const SEND = 64 * 1024 * 1024;
+    using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const port = String(listener.addr.port);
+    const env = Deno.env.toObject();
+    delete env.RUST_BACKTRACE;
+    const child = new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "--allow-net",
+        `${ROOT}tcp_client.ts`,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        port,
+        "--timeout",
+        "2",
+        "endless",
+      ],
+      clearEnv: true,
+      env: { ...env, NO_COLOR: "1" },
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    // Count stdout without keeping it: it is one line of 64 MB.
+    let printed = 0;
+    let head = "";
+    let last = 0;
+    const draining = (async () => {
+      for await (const chunk of child.stdout) {
+        if (head.length < 20) head += new TextDecoder().decode(chunk.subarray(0, 20));
+        printed += chunk.length;
+        last = chunk[chunk.length - 1];
+      }
+    })();
+    const stderr = new Response(child.stderr).text();
+    // The server: reads the request, sends 64 MB, then says nothing more.
+    const conn = await listener.accept();
+    let peak = 0;
+    try {
+      await readToEnd(conn);
+      const chunk = new Uint8Array(256 * 1024).fill(0x41);
+      for (let sent = 0; sent < SEND;) sent += await conn.write(chunk);
+      peak = await peakKb(child.pid); // the client waits for more until --timeout
+    } catch (error) {
+      throw new Error(`The client stopped reading before 64 MB: ${error}\n${await stderr}`);
+    } finally {
+      const { code } = await child.status;
+      conn.close();
+      await draining;
+      console.log(
+        `[figures] endless reply: 64 MB sent, ${(printed / 1e6).toFixed(1)} MB printed, ` +
+          `client peak memory ${(peak / 1024).toFixed(0)} MB, exit ${code}`,
+      );
+      assert.equal(code, 1);
+    }
+    assert.equal(
+      (await stderr).trim(),
+      `error: Timed out after 2 s waiting for 127.0.0.1:${port} (see --timeout)`,
+    );
+    assert.ok(head.startsWith("From Server: AAAA"), head);
+    assert.equal(last, 0x0a, "the cut-off reply ends its line");
+    assert.ok(printed > SEND / 2, `only ${printed} bytes printed`);
+    assert.ok(peak < 90 * 1024, `the client's memory peaked at ${peak} KB`);
+  },
+});
+
+Deno.test({
+  name: "tcp client: exchangeTcp caps the reply it keeps; onReply takes it piece by piece",
+  permissions: NET,
+  fn: async () => {
+    const reply = new Uint8Array(2 * 1024 * 1024).fill(0x62);
+    const answer = (conn: Deno.Conn) => writeAll(conn, reply);
+    await withStub(answer, async (port) => {
+      await assert.rejects(
+        exchangeTcp({ hostname: "127.0.0.1", port, sentence: "x", maxReplyBytes: 1024 * 1024 }),
+        ReplyTooLongError,
+      );
+    });
+    await withStub(answer, async (port) => {
+      let received = 0;
+      const kept = await exchangeTcp({
+        hostname: "127.0.0.1",
+        port,
+        sentence: "x",
+        maxReplyBytes: 1024,
+        onReply: (text) => {
+          received += text.length;
+        },
+      });
+      assert.equal(kept, "");
+      assert.equal(received, reply.length);
+    });
+  },
+});
+
+Deno.test({
+  name: "tcp client (subprocess): a grant without 127.0.0.1 names it and the grant to add, exit 2",
+  permissions: SUBPROCESS,
+  fn: async () => {
+    // The client tries 127.0.0.1 first: not granted, it stops there, no traffic.
+    const line = await expectOneLineError("tcp_client.ts", ["--port", "12000", "x"], {
+      code: 2,
+      pattern: /^error: Network access to 127\.0\.0\.1:12000 was not granted/,
+      flags: ["--allow-net=[::1]:12000"],
+    });
+    assert.equal(
+      line,
+      "error: Network access to 127.0.0.1:12000 was not granted: " +
+        "add it to --allow-net (--allow-net=127.0.0.1:12000,[::1]:12000)",
     );
   },
 });
