@@ -362,8 +362,11 @@ Deno.test({
     withServer(startUdpServer, { hostname: "127.0.0.1" }, async (port, log) => {
       // An echo server on 127.0.0.3, kicked off with three uppercase datagrams:
       // three loops at once, every datagram in them a fixed point of uppercasing.
-      const echo = Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.3", port: 0 });
-      const echoPort = (echo.addr as Deno.NetAddr).port;
+      // A reserved port, not an ephemeral one: the test binds it again below,
+      // and an ephemeral port could meanwhile go to another test's socket.
+      using reserved = await reserveFixedPort();
+      const echoPort = reserved.port;
+      const echo = Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.3", port: echoPort });
       const first = [utf8("LOOP 1"), utf8("LOOP 2"), utf8("LOOP 3")];
       const received = await bounce(echo, { server: port, first, transform: (d) => d });
       figures(`loop with an echo server: ${received} datagrams from our server in 0.4 s`);

@@ -23,6 +23,7 @@ import {
 import {
   type Address,
   MORE_LOOPBACK_HOSTS,
+  portBecomesFree,
   sleep,
   type TcpEnd,
   tcpRequest,
@@ -529,6 +530,9 @@ async function withOurServer<T>(
     transport === "tcp"
       ? startTcpServer({ ...options, hostname, shutdownGrace: 1, idleTimeout: 30 })
       : startUdpServer({ ...options, hostname });
+  // A fixed port that a proxy of the same check just closed can stay taken
+  // for a moment.
+  if (port !== 0) await portBecomesFree(transport, port);
   const servers = [await start("localhost")];
   // On a fixed port the client may hard-code another loopback address too.
   for (const hostname of port === 0 ? [] : MORE_LOOPBACK_HOSTS) {
