@@ -273,7 +273,8 @@ Deno.test({
 /** Peak resident memory (VmHWM, KB) of a process, read through `cat` (Deno needs --allow-all for /proc). */
 async function peakKb(pid: number): Promise<number> {
   const { stdout } = await new Deno.Command("cat", { args: [`/proc/${pid}/status`] }).output();
-  return Number(/VmHWM:\s+(\d+)/.exec(new TextDecoder().decode(stdout))?.[1]);
+  // 0 once the process has exited (no status file any more).
+  return Number(/VmHWM:\s+(\d+)/.exec(new TextDecoder().decode(stdout))?.[1] ?? 0);
 }
 
 Deno.test({
@@ -328,7 +329,7 @@ Deno.test({
       const chunk = new Uint8Array(256 * 1024).fill(0x41);
       while (sent < SEND) {
         sent += await conn.write(chunk);
-        if (sent % (8 * 1024 * 1024) < chunk.length) peak = Math.max(peak, await peakKb(child.pid));
+        if (sent % (4 * 1024 * 1024) < chunk.length) peak = Math.max(peak, await peakKb(child.pid));
       }
       peak = Math.max(peak, await peakKb(child.pid)); // it waits for more until --timeout
     } catch {
@@ -351,7 +352,8 @@ Deno.test({
     assert.ok(head.startsWith("From Server: AAAA"), head);
     assert.equal(last, 0x0a, "the cut-off reply ends its line");
     // Streamed as it came: everything the client got, it printed.
-    assert.ok(printed >= 8 * 1024 * 1024, `only ${printed} bytes printed`);
+    assert.ok(printed >= 4 * 1024 * 1024, `only ${printed} bytes printed`);
+    assert.ok(peak > 0, "the client's memory was read while it ran");
     assert.ok(peak < 90 * 1024, `the client's memory peaked at ${peak} KB`);
   },
 });
