@@ -73,7 +73,7 @@ async function acceptLoop(serverSocket: Deno.Listener, server: ServerState) {
 /** Talk to one client: uppercase whatever it sends until it half-closes. */
 async function serveClient(connectionSocket: Deno.Conn, server: ServerState) {
   const client = server.track(connectionSocket);
-  if (client === undefined) return; // over --max-connections: already closed
+  if (client === undefined) return; // the server is shutting down: already closed
   // Start small, like the textbook's recv(1024): an idle connection then
   // costs little (10,000 idle clients with 16 KiB each would hold 160 MB).
   // A read that fills the buffer means the client is sending a lot: grow it,

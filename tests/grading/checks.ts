@@ -230,7 +230,10 @@ async function request(
       expect: expectedReply(data),
       settleMs,
     });
-    return { data: outcome.data, problem: outcome.problem, end: outcome.end };
+    const problem = outcome.end === "eof" && outcome.data.length === 0
+      ? "the server closed the connection without replying"
+      : outcome.problem;
+    return { data: outcome.data, problem, end: outcome.end };
   }
   const outcome = await udpRequest({ address, data, ms, signal });
   if (outcome.reply) return { data: outcome.reply, end: "reply" };

@@ -19,7 +19,7 @@ const SHELL_SIGNALS: Record<number, string> = {
   6: "SIGABRT (abort(), a failed assertion or a double free)",
   9: "SIGKILL",
   11: "SIGSEGV (a segmentation fault: a bad pointer or an index out of bounds)",
-  13: "SIGPIPE (it wrote to a connection the client had closed; ignore SIGPIPE or send " +
+  13: "SIGPIPE (it wrote to a connection the other side had closed; ignore SIGPIPE or send " +
     "with MSG_NOSIGNAL)",
   15: "SIGTERM",
 };
