@@ -85,6 +85,26 @@ export async function withServer<O extends InProcessOptions>(
   }
 }
 
+/**
+ * How many exchanges a server's log says it served: its "Served" lines, plus
+ * the counts of its summary lines ("... and 5321 more served in the last
+ * second", "... and 12 more datagrams served in the last second").
+ *
+ * @example
+ * ```ts
+ * servedCount(["Served 127.0.0.1:5: 2 bytes in, 2 bytes out", "... and 3 more served in the last second"]); // 4
+ * ```
+ */
+export function servedCount(log: string[]): number {
+  let count = 0;
+  for (const line of log) {
+    if (line.startsWith("Served ")) count++;
+    const more = /^\.\.\. and (\d+) more (?:datagrams )?served in the last second$/.exec(line);
+    if (more) count += Number(more[1]);
+  }
+  return count;
+}
+
 /** Options for {@linkcode Program.start}. */
 export interface StartOptions {
   /** Deno flags; default `["--allow-net"]`. */

@@ -20,6 +20,7 @@ import {
   Program,
   readToEnd,
   reserveFixedPort,
+  servedCount,
   SUBPROCESS,
   tcpExchange,
   udpExchange,
@@ -149,15 +150,9 @@ Deno.test({
   name: "robustness: clients that connect and leave, or reset mid-stream, cost only themselves",
   permissions: NET,
   fn: async () => {
-    const log: string[] = [];
-    const controller = new AbortController();
-    const server = await startTcpServer({
-      port: 0,
-      log: (line) => log.push(line),
-      signal: controller.signal,
-    });
-    const port = server.addrs[0].port;
-    try {
+    let log: string[] = [];
+    await withServer(startTcpServer, {}, async (port, lines) => {
+      log = lines;
       // 50 clients that connect and close at once.
       for (let i = 0; i < 50; i++) (await Deno.connect({ hostname: "127.0.0.1", port })).close();
       // 50 clients that send, never read, and close: closing with unread
@@ -172,15 +167,10 @@ Deno.test({
         const request = utf8(`still served ${i} ä€😀`);
         assertBytes(await tcpExchange({ port, chunks: [request] }), expectedReply(request));
       }));
-    } finally {
-      controller.abort();
-      await withDeadline(server.finished, 5000, "server shutdown");
-    }
-    // One log line each: 10 a second, then one line a second counts the rest.
-    const counted = log.filter((l) => l.startsWith("Served")).length +
-      log.map((l) => /^\.\.\. and (\d+) more served in the last second$/.exec(l)?.[1])
-        .reduce((sum, n) => sum + Number(n ?? 0), 0);
-    assert.equal(counted, 120, log.join("\n"));
+    });
+    // After shutdown, which writes the count of the last second: one log line
+    // each, 10 a second, then one line a second counts the rest.
+    assert.equal(servedCount(log), 120, log.join("\n"));
   },
 });
 

@@ -16,6 +16,7 @@ import {
   readToEnd,
   reserveFixedPort,
   ROOT,
+  servedCount,
   SUBPROCESS,
   tcpExchange,
   utf8,
@@ -730,24 +731,14 @@ Deno.test({
   name: "tcp server: a flood of connections logs 10 lines a second, then one line counts the rest",
   permissions: NET,
   fn: async () => {
-    const log: string[] = [];
-    const controller = new AbortController();
-    const server = await startTcpServer({
-      port: 0,
-      log: (line) => log.push(line),
-      signal: controller.signal,
-    });
-    try {
-      const port = server.addrs[0].port;
+    let log: string[] = [];
+    await withServer(startTcpServer, {}, async (port, lines) => {
+      log = lines;
       for (let i = 0; i < 60; i++) await checkReply(port, [utf8(`flood ${i}`)]);
-    } finally {
-      controller.abort(); // shutting down writes the count of the last second
-      await withDeadline(server.finished, 5000, "server shutdown");
-    }
+    });
+    // Shutting down (withServer waits for it) writes the count of the last second.
     const verbatim = log.filter((l) => l.startsWith("Served")).length;
-    const counted = log.map((l) => /^\.\.\. and (\d+) more served in the last second$/.exec(l)?.[1])
-      .reduce((sum, n) => sum + Number(n ?? 0), 0);
-    assert.equal(verbatim + counted, 60, log.join("\n"));
+    assert.equal(servedCount(log), 60, log.join("\n"));
     // 60 exchanges take well under a second, but may straddle two.
     assert.ok(verbatim <= 20, `${verbatim} lines for 60 connections`);
     assert.ok(log.length <= 22, log.join("\n"));

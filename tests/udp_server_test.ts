@@ -22,6 +22,7 @@ import {
   Program,
   reserveFixedPort,
   ROOT,
+  servedCount,
   SUBPROCESS,
   udpExchange,
   utf8,
@@ -289,17 +290,6 @@ async function bounce(socket: Deno.DatagramConn, options: {
     await pending?.catch(() => {});
   }
   return received;
-}
-
-/** Datagrams a server says it served: its "Served" lines plus its summaries. */
-function servedCount(log: string[]): number {
-  let count = 0;
-  for (const line of log) {
-    if (line.startsWith("Served ")) count++;
-    const more = /^\.\.\. and (\d+) more datagrams served /.exec(line);
-    if (more) count += Number(more[1]);
-  }
-  return count;
 }
 
 Deno.test({
