@@ -334,8 +334,6 @@ export interface TcpOutcome {
   problem?: string;
   /** Milliseconds from connect to the end. */
   ms: number;
-  /** Milliseconds from connect until the reply was complete or wrong, if it got there. */
-  settledAtMs?: number;
 }
 
 /** Options for {@linkcode tcpRequest}. */
@@ -395,7 +393,7 @@ export async function tcpRequest(options: TcpRequestOptions): Promise<TcpOutcome
   const timer = setTimeout(abortAs("timeout"), ms);
   let settleTimer: ReturnType<typeof setTimeout> | undefined;
   let idleTimer: ReturnType<typeof setTimeout> | undefined;
-  let settledAtMs: number | undefined;
+  let settling = false;
   const watcher = expect ? new ReplyWatcher(expect) : undefined;
   // A server that exits right after replying has its reply on the way (through
   // a proxy that can take a while): the kernel delivers it, then the end of
@@ -426,10 +424,10 @@ export async function tcpRequest(options: TcpRequestOptions): Promise<TcpOutcome
           received += chunk.length;
           if (received > MAX_REPLY) throw new Error(`the reply is over ${MAX_REPLY} bytes`);
           watcher?.push(chunk);
-          if (watcher === undefined || settledAtMs !== undefined) continue;
+          if (watcher === undefined || settling) continue;
           clearTimeout(idleTimer);
           if (watcher.state !== "prefix") {
-            settledAtMs = Math.round(performance.now() - started);
+            settling = true;
             settleTimer = setTimeout(abortAs("settled"), settleMs);
           } else {
             // Part of the reply, then silence: a server that answered only
@@ -466,13 +464,7 @@ export async function tcpRequest(options: TcpRequestOptions): Promise<TcpOutcome
     close();
     await Promise.all(closing);
   }
-  return {
-    data: concat(parts),
-    end,
-    problem,
-    ms: Math.round(performance.now() - started),
-    settledAtMs,
-  };
+  return { data: concat(parts), end, problem, ms: Math.round(performance.now() - started) };
 }
 
 /** With `expect`: silence after part of the reply that ends the wait for the rest. */

@@ -55,10 +55,25 @@ const TCP_STATES: Record<string, string> = {
 };
 
 /**
- * Prints the table lines of every socket held by a process of session $1:
- * "FILE LOCAL_ADDRESS STATE INODE". A process's session is field 6 of
- * /proc/PID/stat, read after the command name's closing parenthesis (the
- * name itself may hold spaces and parentheses).
+ * What every script starts with: no tables, exit 3 (the caller then probes
+ * instead); `$files`, the tables this machine has (no IPv6, no tcp6); and
+ * `port_sockets PORT`, which prints "FILE LOCAL_ADDRESS STATE INODE" for
+ * every socket on PORT (4 hex digits, upper case).
+ */
+const PRELUDE = `
+[ -r /proc/net/tcp ] || exit 3
+files=
+for f in ${TABLES.join(" ")}; do [ -r "$f" ] && files="$files $f"; done
+port_sockets() {
+  awk -v p=":$1" 'FNR > 1 && substr($2, length($2) - 4) == p { print FILENAME, $2, $4, $10 }' $files
+}
+`;
+
+/**
+ * Prints the table lines of every socket held by a process of session $1.
+ * A process's session is field 6 of /proc/PID/stat, read after the command
+ * name's closing parenthesis (the name itself may hold spaces and
+ * parentheses).
  */
 const PROGRAM_SOCKETS_SCRIPT = `
 sid=$1; shift
@@ -70,22 +85,17 @@ inodes=$(
   done | sed -n 's/.*socket:\\[\\([0-9]*\\)\\].*/\\1/p'
 )
 [ -n "$inodes" ] || exit 0
-files=
-for f in ${TABLES.join(" ")}; do [ -r "$f" ] && files="$files $f"; done
 awk -v list="$inodes" '
   BEGIN { n = split(list, a); for (i = 1; i <= n; i++) want[a[i]] = 1 }
   FNR > 1 && ($10 in want) { print FILENAME, $2, $4, $10 }' $files
 `;
 
 /**
- * Prints the table lines of every socket on port $1 (4 hex digits, upper
- * case), then "owner INODE PID COMMAND" for each process that holds one.
+ * Prints the table lines of every socket on port $1, then "owner INODE PID
+ * COMMAND" for each process that holds one.
  */
 const PORT_HOLDERS_SCRIPT = `
-port=$1
-files=
-for f in ${TABLES.join(" ")}; do [ -r "$f" ] && files="$files $f"; done
-lines=$(awk -v p=":$port" 'FNR > 1 && substr($2, length($2) - 4) == p { print FILENAME, $2, $4, $10 }' $files)
+lines=$(port_sockets "$1")
 [ -n "$lines" ] || exit 0
 echo "$lines"
 echo "$lines" | while read -r file address state inode; do
@@ -97,19 +107,15 @@ echo "$lines" | while read -r file address state inode; do
 done
 `;
 
-/** Prints the table lines of every socket on port $1 (4 hex digits, upper case). */
-const PORT_SOCKETS_SCRIPT = `
-files=
-for f in ${TABLES.join(" ")}; do [ -r "$f" ] && files="$files $f"; done
-awk -v p=":$1" 'FNR > 1 && substr($2, length($2) - 4) == p { print FILENAME, $2, $4, $10 }' $files
-`;
+/** Prints the table lines of every socket on port $1. */
+const PORT_SOCKETS_SCRIPT = `port_sockets "$1"`;
 
-/** Runs a script with `sh`; undefined if it fails (exit 3: no tables on this machine). */
+/** Runs a script after {@linkcode PRELUDE} with `sh`; undefined if it fails (or exits 3). */
 async function runScript(script: string, args: string[]): Promise<string | undefined> {
   if (Deno.build.os !== "linux") return undefined;
   try {
     const { success, stdout } = await new Deno.Command("sh", {
-      args: ["-c", `[ -r /proc/net/tcp ] || exit 3\n${script}`, "sh", ...args],
+      args: ["-c", `${PRELUDE}\n${script}`, "sh", ...args],
       stdin: "null",
       stdout: "piped",
       stderr: "null",
