@@ -404,7 +404,7 @@ function invalidCheck(transport: "tcp" | "udp"): ServerCheck {
       }
       const server = context.server;
       await server.waitUntil(() => !server.running, 300);
-      if (first.data.length > 0 && server.status?.code === 0 && !server.status.signal) {
+      if (first.data.length > 0 && server.exitedCleanly) {
         // It answered, then ended normally: not this check's bug.
         return `${answer}, then exited with code 0 without a crash (a server that stops ` +
           "after one client fails serves_many, not this check)";

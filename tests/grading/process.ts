@@ -206,6 +206,11 @@ export class ProgramProcess implements AsyncDisposable {
     return this.#status;
   }
 
+  /** Whether the leader has exited by itself with code 0 (not by a signal). */
+  get exitedCleanly(): boolean {
+    return this.#status?.code === 0 && !this.#status.signal;
+  }
+
   /** Everything printed on stdout so far, as bytes. */
   stdoutBytes(): Uint8Array {
     return this.#stdout.bytes();

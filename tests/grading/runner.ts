@@ -236,8 +236,7 @@ export class RoleRunner implements AsyncDisposable {
         const output = await this.#tryServerCheck(server, run);
         return firstTry ? `${output} (on a fresh process: ${firstTry})` : output;
       } catch (error) {
-        const cleanExit = server.program.status?.code === 0 && !server.program.status.signal;
-        if (!(error instanceof CheckFailure) || !cleanExit || firstTry) {
+        if (!(error instanceof CheckFailure) || !server.program.exitedCleanly || firstTry) {
           if (firstTry && error instanceof CheckFailure) {
             throw new CheckFailure(`${error.message}\n(The same on a second try: ${firstTry}.)`);
           }
