@@ -343,6 +343,8 @@ export interface TcpRequestOptions {
   chunks: Uint8Array[];
   /** Deadline for the whole exchange. */
   ms: number;
+  /** Milliseconds between two chunks, so that they arrive in separate reads; default 0. */
+  gapMs?: number;
   /** Aborting ends the request at once (end "aborted"), e.g. when the server exits. */
   signal?: AbortSignal;
   /**
@@ -382,7 +384,8 @@ export interface TcpRequestOptions {
  * ```
  */
 export async function tcpRequest(options: TcpRequestOptions): Promise<TcpOutcome> {
-  const { address, chunks, ms, signal, halfCloseDelayMs = 0, expect, settleMs = 150 } = options;
+  const { address, chunks, ms, gapMs = 0, signal, halfCloseDelayMs = 0 } = options;
+  const { expect, settleMs = 150 } = options;
   const started = performance.now();
   const stop = new AbortController();
   let why: TcpEnd | undefined;
@@ -440,7 +443,10 @@ export async function tcpRequest(options: TcpRequestOptions): Promise<TcpOutcome
       }
     })();
     const writing = (async () => {
-      for (const chunk of chunks) await c.write(chunk);
+      for (const [i, chunk] of chunks.entries()) {
+        if (i > 0 && gapMs > 0) await sleep(gapMs, serverClosed.signal);
+        await c.write(chunk);
+      }
       if (halfCloseDelayMs > 0) await sleep(halfCloseDelayMs, serverClosed.signal);
       if (!serverClosed.signal.aborted) await c.closeWrite();
     })();
@@ -495,6 +501,8 @@ function describeTcpEnd(end: TcpEnd, error: unknown, ms: number): string {
 export interface UdpOutcome {
   /** The reply, or undefined if none came. */
   reply?: Uint8Array;
+  /** Where the reply came from. */
+  from?: Deno.NetAddr;
   /** "reply", or why none came. */
   end: "reply" | "timeout" | "aborted";
   /** Milliseconds from sending to the end. */
@@ -548,6 +556,7 @@ export async function udpRequest(options: UdpRequestOptions): Promise<UdpOutcome
   const onSignal = () => exitTimer ??= setTimeout(closeSocket("aborted"), EXIT_GRACE_MS.udp);
   signal?.addEventListener("abort", onSignal, { once: true });
   let reply: Uint8Array | undefined;
+  let replyFrom: Deno.NetAddr | undefined;
   try {
     if (signal?.aborted) {
       end = "aborted";
@@ -557,7 +566,9 @@ export async function udpRequest(options: UdpRequestOptions): Promise<UdpOutcome
     // A bounded loop: at most 100 stray datagrams are skipped.
     for (let i = 0; i < 100 && reply === undefined; i++) {
       const [received, from] = await socket.receive(new Uint8Array(65536));
-      if ((from as Deno.NetAddr).port === address.port) reply = received;
+      if ((from as Deno.NetAddr).port !== address.port) continue;
+      reply = received;
+      replyFrom = from as Deno.NetAddr;
     }
   } catch {
     // Closed by the deadline or the signal.
@@ -567,7 +578,8 @@ export async function udpRequest(options: UdpRequestOptions): Promise<UdpOutcome
     signal?.removeEventListener("abort", onSignal);
     closeSocket(reply ? "reply" : end)();
   }
-  return { reply, end: reply ? "reply" : end, ms: Math.round(performance.now() - started) };
+  const took = Math.round(performance.now() - started);
+  return { reply, from: replyFrom, end: reply ? "reply" : end, ms: took };
 }
 
 /**
@@ -623,6 +635,43 @@ export async function probeUdp(port: number, ms: number): Promise<string | undef
     }
   }));
   return winner;
+}
+
+/**
+ * Writes every byte of `data`: one `write()` may take only part of a buffer.
+ *
+ * @example
+ * ```ts
+ * await writeAll(conn, new TextEncoder().encode("hello"));
+ * ```
+ */
+export async function writeAll(
+  conn: { write(data: Uint8Array): Promise<number> },
+  data: Uint8Array,
+): Promise<void> {
+  let written = 0;
+  while (written < data.length) written += await conn.write(data.subarray(written));
+}
+
+/**
+ * Reads until end of stream and joins what came. A `read()` loop, not
+ * `conn.readable`: consuming the readable to its end would close the whole
+ * connection, and the caller may still write after the peer's end of stream.
+ *
+ * @example
+ * ```ts
+ * const reply = await readToEnd(conn);
+ * ```
+ */
+export async function readToEnd(
+  conn: { read(buffer: Uint8Array): Promise<number | null> },
+): Promise<Uint8Array> {
+  const parts: Uint8Array[] = [];
+  const buffer = new Uint8Array(64 * 1024);
+  for (let n = await conn.read(buffer); n !== null; n = await conn.read(buffer)) {
+    parts.push(buffer.slice(0, n));
+  }
+  return concat(parts);
 }
 
 /**

@@ -6,7 +6,14 @@
  *
  * @module
  */
-import { type Address, bindUdpLoopback, listenTcpLoopback, ResettingConn, sleep } from "./net.ts";
+import {
+  type Address,
+  bindUdpLoopback,
+  listenTcpLoopback,
+  ResettingConn,
+  sleep,
+  writeAll,
+} from "./net.ts";
 
 /** A running middleman; `close()` stops it and waits for every task to end. */
 export interface Middleman {
@@ -168,10 +175,7 @@ function denoEnd(conn: Deno.TcpConn): StreamEnd {
       const n = await conn.read(buffer);
       return n === null ? null : buffer.slice(0, n);
     },
-    write: async (data) => {
-      let written = 0;
-      while (written < data.length) written += await conn.write(data.subarray(written));
-    },
+    write: (data) => writeAll(conn, data),
     closeWrite: () => conn.closeWrite(),
   };
 }
