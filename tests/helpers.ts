@@ -20,7 +20,7 @@ export { assertBytes, escapeBytes, expectedReply, readToEnd, utf8, withDeadline,
 export { type FixedPort, reserveFixedPort } from "./grading/ports.ts";
 
 /** The project folder (where deno.json lives). */
-export const ROOT = fileURLToPath(new URL("..", import.meta.url));
+export const ROOT: string = fileURLToPath(new URL("..", import.meta.url));
 
 /** Permissions for a test that only uses the network in-process. */
 export const NET = { net: true } as const;
@@ -34,7 +34,12 @@ export const SUBPROCESS = { net: true, run: true, read: true, env: true } as con
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
+ *
+ * const log: string[] = [];
+ * setTimeout(() => log.push("one", "two"), 20);
  * await waitUntil(() => log.length >= 2, 2000, () => `2 log lines, have ${log.length}`);
+ * assert.deepEqual(log, ["one", "two"]);
  * ```
  */
 export async function waitUntil(condition: () => boolean, ms: number, what: () => string) {
@@ -47,9 +52,13 @@ export async function waitUntil(condition: () => boolean, ms: number, what: () =
 
 /** What the servers' start functions take (startTcpServer, startUdpServer). */
 export interface InProcessOptions {
+  /** Address to listen on. */
   hostname?: string;
+  /** Port to listen on; withServer passes 0. */
   port?: number;
+  /** Aborting shuts the server down. */
   signal?: AbortSignal;
+  /** Where log lines go. */
   log?: ((line: string) => void) | null;
 }
 
@@ -59,7 +68,9 @@ export interface InProcessOptions {
  * socket is closed, so nothing outlives the test.
  *
  * @example
- * ```ts
+ * ```ts ignore
+ * // ignore: it starts one of this project's servers, whose options belong to it;
+ * // every tests/*_server_test.ts uses it.
  * await withServer(startTcpServer, { idleTimeout: 1 }, async (port, log) => {
  *   // talk to 127.0.0.1:port
  * });
@@ -94,7 +105,13 @@ export async function withServer<O extends InProcessOptions>(
  *
  * @example
  * ```ts
- * servedCount(["Served 127.0.0.1:5: 2 bytes in, 2 bytes out", "... and 3 more served in the last second"]); // 4
+ * import assert from "node:assert/strict";
+ *
+ * const log = [
+ *   "Served 127.0.0.1:5: 2 bytes in, 2 bytes out",
+ *   "... and 3 more served in the last second",
+ * ];
+ * assert.equal(servedCount(log), 4);
  * ```
  */
 export function servedCount(log: string[]): number {
@@ -239,7 +256,9 @@ export const NO_NET_ERROR = /^error: Network access is not allowed: run again wi
  * trace). Resolves to that line.
  *
  * @example
- * ```ts
+ * ```ts ignore
+ * // ignore: it runs one of this project's programs, whose messages belong to it;
+ * // tests/tcp_client_test.ts and the others use it.
  * await expectOneLineError("tcp_client.ts", ["--port", "abc"], { code: 2, pattern: /--port/ });
  * ```
  */
@@ -259,7 +278,9 @@ export async function expectOneLineError(
 
 /** Options for {@linkcode tcpExchange}. */
 export interface TcpExchangeOptions {
+  /** The server's address; default 127.0.0.1. */
   hostname?: string;
+  /** The server's port. */
   port: number;
   /** The request, as one buffer or as chunks written one by one. */
   chunks: Uint8Array[];

@@ -68,7 +68,10 @@ const MANY = 5;
  *
  * @example
  * ```ts
- * longLine(1500).length; // 1500
+ * import assert from "node:assert/strict";
+ *
+ * assert.equal(longLine(1500).length, 1500);
+ * assert.ok(longLine(1500).endsWith("end"));
  * ```
  */
 export function longLine(bytes: number): string {
@@ -103,6 +106,7 @@ const INVALID = new Uint8Array([0x68, 0x69, 0x20, 0xff, 0xfe, 0x20, 0xc3, 0x28, 
 
 /** What a server check is given. */
 export interface ServerContext {
+  /** The server's transport. */
   transport: "tcp" | "udp";
   /** Where the server under test answers. */
   address: Address;
@@ -130,6 +134,7 @@ export interface ClientRun {
 
 /** What a client check is given. */
 export interface ClientContext {
+  /** The client's transport. */
   transport: "tcp" | "udp";
   /** Port for whatever the client talks to: 0, or the fixed port its template needs. */
   listenPort: number;
@@ -144,21 +149,29 @@ export interface ClientContext {
 
 /** A check of a server under test. */
 export interface ServerCheck {
+  /** Checks a server. */
   side: "server";
+  /** Its id, as in the results. */
   id: CheckId;
+  /** What it checks, in a few words. */
   title: string;
   /** Advice shown when it fails. */
   hint: string;
+  /** Resolves to a note when it passes; throws a CheckFailure when it fails. */
   run(context: ServerContext): Promise<string>;
 }
 
 /** A check of a client under test. */
 export interface ClientCheck {
+  /** Checks a client. */
   side: "client";
+  /** Its id, as in the results. */
   id: CheckId;
+  /** What it checks, in a few words. */
   title: string;
   /** Advice shown when it fails. */
   hint: string;
+  /** Resolves to a note when it passes; throws a CheckFailure when it fails. */
   run(context: ClientContext): Promise<string>;
 }
 
@@ -760,8 +773,12 @@ function noReplyCheck(transport: "tcp" | "udp"): ClientCheck {
  *
  * @example
  * ```ts
- * checksFor("udp_server").map((check) => check.id);
- * // ["basic", "mixed", "utf8", "long1k", "long2k", "serves_many", "invalid"]
+ * import assert from "node:assert/strict";
+ *
+ * assert.deepEqual(
+ *   checksFor("udp_server").map((check) => check.id),
+ *   ["basic", "mixed", "utf8", "long1k", "long2k", "serves_many", "invalid"],
+ * );
  * ```
  */
 export function checksFor(role: Role): Check[] {

@@ -113,25 +113,41 @@ function summary(results: CheckResult[]): string {
 
 /** One test in Gradescope's results.json. */
 export interface GradescopeTest {
+  /** The check, "TCP server: basic ASCII sentence". */
   name: string;
+  /** Role number, then check number: "1.2". */
   number: string;
+  /** 1 if it passed, else 0. */
   score: number;
+  /** Always 1. */
   max_score: number;
+  /** Whether it passed. */
   status: "passed" | "failed";
+  /** Why it passed or failed: the diff, the program's output, the hint. */
   output: string;
+  /** The role and the check id. */
   tags: string[];
+  /** Shown to the student at once. */
   visibility: "visible";
 }
 
 /** The results.json Gradescope expects. */
 export interface GradescopeResults {
+  /** Points: the checks passed. */
   score: number;
+  /** Seconds the grading took. */
   execution_time: number;
+  /** Which programs ran, and how many checks passed (or why none ran). */
   output: string;
+  /** The output is plain text. */
   output_format: "text";
+  /** Each test's output is plain text. */
   test_output_format: "text";
+  /** The autograder's stdout is shown to the student. */
   stdout_visibility: "visible";
+  /** The results are shown to the student at once. */
   visibility: "visible";
+  /** One per check. */
   tests: GradescopeTest[];
 }
 
@@ -199,10 +215,13 @@ function gradescopeNotGraded(message: string, seconds: number): GradescopeResult
 
 /** One test in PrairieLearn's results.json. */
 export interface PrairieLearnTest {
+  /** The check, "TCP server: basic ASCII sentence". */
   name: string;
   /** The role and check, "tcp_server basic". */
   description: string;
+  /** 1 if it passed, else 0. */
   points: number;
+  /** Always 1. */
   max_points: number;
   /** The first line of the check's report: why it passed or failed. */
   message: string;
@@ -270,7 +289,9 @@ function prairieLearnNotGraded(message: string): PrairieLearnResults {
 
 /** One test in Exercism's results.json (version 2). */
 export interface ExercismTest {
+  /** The check, "TCP server: basic ASCII sentence". */
   name: string;
+  /** Whether it passed. */
   status: "pass" | "fail";
   /** Why it failed (the diff, the program's output, the hint); absent when it passed. */
   message?: string;

@@ -60,7 +60,9 @@ GRADE_CLIENT_DEADLINE (see the README, "Grading student submissions").`;
  * (results.json says why), 1 if it cannot be written, 2 for a usage error.
  *
  * @example
- * ```ts
+ * ```ts ignore
+ * // ignore: it runs every check (seconds) and writes a file; the tests in
+ * // tests/grading_formats_test.ts and tests/grading_meta_test.ts run it.
  * const code = await main(["--output", "results.json"]);
  * ```
  */

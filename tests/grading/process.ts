@@ -103,8 +103,13 @@ class Collected {
  *
  * @example
  * ```ts
- * await using program = ProgramProcess.spawn({ command: "python3 TCPServer.py" });
- * await program.waitUntil(() => program.stdoutText().includes("ready"), 5000);
+ * import assert from "node:assert/strict";
+ *
+ * await using program = ProgramProcess.spawn({ command: "echo ready; sleep 30" });
+ * assert.ok(await program.waitUntil(() => program.stdoutText().includes("ready"), 5000));
+ * assert.ok(program.running);
+ * await program.stop(); // kills the shell and its sleep
+ * assert.equal(program.describeExit(), "was killed by SIGKILL");
  * ```
  */
 export class ProgramProcess implements AsyncDisposable {
@@ -349,7 +354,11 @@ export class ProgramProcess implements AsyncDisposable {
  *
  * @example
  * ```ts
- * shellQuote("/path with spaces/deno"); // "'/path with spaces/deno'"
+ * import assert from "node:assert/strict";
+ *
+ * assert.equal(shellQuote("/path with spaces/deno"), "'/path with spaces/deno'");
+ * assert.equal(shellQuote("it's"), "'it'\\''s'");
+ * assert.equal(shellQuote("plain.py"), "plain.py");
  * ```
  */
 export function shellQuote(text: string): string {
