@@ -19,6 +19,38 @@ import { reserveFixedPort, ROOT, SUBPROCESS, utf8 } from "./helpers.ts";
 
 const TEXTBOOK = `${ROOT}tests/fixtures/textbook/`;
 
+Deno.test({
+  name: "grading kit: stands on its own: no file in tests/grading/ imports from outside it",
+  permissions: SUBPROCESS,
+  fn: async () => {
+    // The kit is a product: the tests import from it, never the other way
+    // round, and it does not depend on this project's programs. Only the
+    // runtime's node: modules and npm: packages pinned in deno.json may come
+    // from elsewhere. `deno info` follows every import, static or dynamic.
+    const kit = new URL("./grading/", import.meta.url);
+    const files = [...Deno.readDirSync(kit)]
+      .filter((entry) => entry.isFile && entry.name.endsWith(".ts"))
+      .map((entry) => new URL(entry.name, kit).href)
+      .sort();
+    assert.ok(files.length >= 10, `only ${files.length} files in ${kit}`);
+    const outside = await Promise.all(files.map(async (file) => {
+      const { success, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
+        args: ["info", "--json", file],
+        cwd: ROOT,
+      }).output();
+      assert.ok(success, new TextDecoder().decode(stderr));
+      const graph = JSON.parse(new TextDecoder().decode(stdout));
+      return (graph.modules as { specifier: string; kind?: string }[])
+        .filter(({ specifier, kind }) =>
+          !(kind === "node" || kind === "npm" || /^(node|npm):/.test(specifier)) &&
+          !specifier.startsWith(kit.href)
+        )
+        .map(({ specifier }) => `${file.slice(kit.href.length)} -> ${specifier}`);
+    }));
+    assert.deepEqual(outside.flat(), []);
+  },
+});
+
 /**
  * The process group ids of every live process on the machine. Killed
  * processes that init has not reaped yet (zombies, state Z) do not count.

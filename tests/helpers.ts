@@ -10,15 +10,17 @@
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import { assertBytes, escapeBytes, expectedReply, utf8 } from "./grading/compare.ts";
-import { withDeadline } from "./grading/net.ts";
+import { readToEnd, tcpRequest, udpRequest, withDeadline, writeAll } from "./grading/net.ts";
+import { ProgramProcess, shellQuote } from "./grading/process.ts";
 
-// The byte comparisons, deadlines and port reservations live in the grading
-// kit, which stands on its own; the tests use the same ones.
-export { assertBytes, escapeBytes, expectedReply, utf8, withDeadline };
+// The byte comparisons, deadlines, raw exchanges, port reservations and the
+// process runner live in the grading kit, which stands on its own; the tests
+// use the same ones, and add only the glue below.
+export { assertBytes, escapeBytes, expectedReply, readToEnd, utf8, withDeadline, writeAll };
 export { type FixedPort, reserveFixedPort } from "./grading/ports.ts";
 
 /** The project folder (where deno.json lives). */
-export const ROOT = fileURLToPath(new URL("..", import.meta.url));
+export const ROOT: string = fileURLToPath(new URL("..", import.meta.url));
 
 /** Permissions for a test that only uses the network in-process. */
 export const NET = { net: true } as const;
@@ -32,7 +34,12 @@ export const SUBPROCESS = { net: true, run: true, read: true, env: true } as con
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
+ *
+ * const log: string[] = [];
+ * setTimeout(() => log.push("one", "two"), 20);
  * await waitUntil(() => log.length >= 2, 2000, () => `2 log lines, have ${log.length}`);
+ * assert.deepEqual(log, ["one", "two"]);
  * ```
  */
 export async function waitUntil(condition: () => boolean, ms: number, what: () => string) {
@@ -45,9 +52,13 @@ export async function waitUntil(condition: () => boolean, ms: number, what: () =
 
 /** What the servers' start functions take (startTcpServer, startUdpServer). */
 export interface InProcessOptions {
+  /** Address to listen on. */
   hostname?: string;
+  /** Port to listen on; withServer passes 0. */
   port?: number;
+  /** Aborting shuts the server down. */
   signal?: AbortSignal;
+  /** Where log lines go. */
   log?: ((line: string) => void) | null;
 }
 
@@ -57,7 +68,9 @@ export interface InProcessOptions {
  * socket is closed, so nothing outlives the test.
  *
  * @example
- * ```ts
+ * ```ts ignore
+ * // ignore: it starts one of this project's servers, whose options belong to it;
+ * // every tests/*_server_test.ts uses it.
  * await withServer(startTcpServer, { idleTimeout: 1 }, async (port, log) => {
  *   // talk to 127.0.0.1:port
  * });
@@ -92,7 +105,13 @@ export async function withServer<O extends InProcessOptions>(
  *
  * @example
  * ```ts
- * servedCount(["Served 127.0.0.1:5: 2 bytes in, 2 bytes out", "... and 3 more served in the last second"]); // 4
+ * import assert from "node:assert/strict";
+ *
+ * const log = [
+ *   "Served 127.0.0.1:5: 2 bytes in, 2 bytes out",
+ *   "... and 3 more served in the last second",
+ * ];
+ * assert.equal(servedCount(log), 4);
  * ```
  */
 export function servedCount(log: string[]): number {
@@ -114,106 +133,70 @@ export interface StartOptions {
 }
 
 /**
- * A program running as a real subprocess (`Deno.execPath()`), with its output
- * collected line by line.
+ * One of this project's programs running as a real subprocess
+ * (`Deno.execPath()`), through the grading kit's runner
+ * ({@linkcode ProgramProcess}): its own process group, reaped and killed at
+ * the end. What the tests add: the output split into lines as it arrives,
+ * waits for a line, and the ready line's port.
  *
  * @example
- * ```ts
+ * ```ts ignore
+ * // ignore: starts a server; the tests in tests/tcp_server_test.ts do this.
  * await using server = Program.start("tcp_server.ts", ["--port", "0"]);
  * const port = await server.readyPort();
  * ```
  */
 export class Program implements AsyncDisposable {
-  readonly child: Deno.ChildProcess;
+  /** The kit's process, for anything not wrapped here. */
+  readonly process: ProgramProcess;
+  /** Every stdout line so far; the array grows as lines arrive. */
   readonly stdoutLines: string[] = [];
+  /** Everything on stderr so far. */
   stderr = "";
-  #waiters = new Set<() => void>();
-  #pumps: Promise<void>;
-  #status: Promise<Deno.CommandStatus>;
-  #closed = false;
 
-  private constructor(child: Deno.ChildProcess, input?: string) {
-    this.child = child;
-    this.#pumps = Promise.all([
-      this.#pump(child.stdout, (line) => this.stdoutLines.push(line)),
-      this.#pump(child.stderr, (line) => this.stderr += line + "\n"),
-      input === undefined ? Promise.resolve() : this.#feed(input),
-    ]).then(() => {});
-    this.#status = child.status;
+  private constructor(command: string, input?: string) {
+    const stdout = lineSplitter((line) => this.stdoutLines.push(line));
+    const stderr = lineSplitter((line) => this.stderr += line + "\n");
+    this.process = ProgramProcess.spawn({
+      // exec: the program itself leads its process group and gets the signals.
+      command: `exec ${command}`,
+      cwd: ROOT,
+      input: input === undefined ? undefined : utf8(input),
+      onOutput: (stream, chunk) => (stream === "stdout" ? stdout : stderr)(chunk),
+    });
   }
 
   /** Starts `script` (relative to the project folder) with `args`. */
   static start(script: string, args: string[] = [], options: StartOptions = {}): Program {
     const { flags = ["--allow-net"], input } = options;
-    const env = Deno.env.toObject();
-    delete env.RUST_BACKTRACE; // it adds backtraces to Deno's own errors
-    env.NO_COLOR = "1";
-    const child = new Deno.Command(Deno.execPath(), {
-      args: ["run", "--no-prompt", ...flags, `${ROOT}${script}`, ...args],
-      cwd: ROOT,
-      clearEnv: true,
-      env,
-      stdin: input === undefined ? "null" : "piped",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    return new Program(child, input);
+    const words = [Deno.execPath(), "run", "--no-prompt", ...flags, `${ROOT}${script}`, ...args];
+    return new Program(words.map(shellQuote).join(" "), input);
   }
 
-  async #feed(input: string) {
-    const writer = this.child.stdin.getWriter();
-    try {
-      await writer.write(utf8(input));
-      await writer.close();
-    } catch {
-      // The program exited before reading its input; its status tells why.
+  /** The program's process id. */
+  get pid(): number {
+    return this.process.pid;
+  }
+
+  #find(pattern: RegExp): RegExpMatchArray | undefined {
+    for (const line of this.stdoutLines) {
+      const match = line.match(pattern);
+      if (match) return match;
     }
-  }
-
-  async #pump(stream: ReadableStream<Uint8Array>, onLine: (line: string) => void) {
-    let rest = "";
-    for await (const text of stream.pipeThrough(new TextDecoderStream())) {
-      const parts = (rest + text).split("\n");
-      rest = parts.pop()!;
-      parts.forEach(onLine);
-      this.#notify();
-    }
-    if (rest) onLine(rest);
-    this.#notify();
-  }
-
-  #notify() {
-    for (const wake of this.#waiters) wake();
+    return undefined;
   }
 
   /** Resolves to the first stdout line matching `pattern`, within `ms`. */
-  waitForLine(pattern: RegExp, ms = 5000): Promise<RegExpMatchArray> {
-    const find = () => {
-      for (const line of this.stdoutLines) {
-        const match = line.match(pattern);
-        if (match) return match;
-      }
-      return undefined;
-    };
-    const found = new Promise<RegExpMatchArray>((resolve, reject) => {
-      const check = () => {
-        const match = find();
-        if (match) {
-          this.#waiters.delete(check);
-          resolve(match);
-        }
-      };
-      this.#waiters.add(check);
-      check();
-      // If the program exits first, say so instead of waiting for the deadline.
-      this.#pumps.then(() => {
-        if (!find()) {
-          this.#waiters.delete(check);
-          reject(new Error(`Exited without printing ${pattern}:\n${this.output()}`));
-        }
-      });
-    });
-    return withDeadline(found, ms, `waiting for ${pattern}\n${this.output()}`);
+  async waitForLine(pattern: RegExp, ms = 5000): Promise<RegExpMatchArray> {
+    await this.process.waitUntil(() => this.#find(pattern) !== undefined, ms);
+    // An exit can overtake the last output: let the pipes drain first.
+    if (!this.process.running) await this.process.drain(1000);
+    const match = this.#find(pattern);
+    if (match) return match;
+    if (!this.process.running) {
+      throw new Error(`Exited without printing ${pattern}:\n${this.output()}`);
+    }
+    throw new Error(`Deadline: waiting for ${pattern} took over ${ms} ms\n${this.output()}`);
   }
 
   /** Waits for the ready line and resolves to the bound port. */
@@ -227,41 +210,41 @@ export class Program implements AsyncDisposable {
     return `--- stdout\n${this.stdoutLines.join("\n")}\n--- stderr\n${this.stderr}`;
   }
 
-  /** Sends a signal if the program is still running. */
+  /** Sends a signal (default SIGTERM) if the program is still running. */
   kill(signal: Deno.Signal = "SIGTERM") {
-    try {
-      this.child.kill(signal);
-    } catch {
-      // Already exited.
-    }
+    this.process.kill(signal);
   }
 
   /** Waits for the exit within `ms` (then kills it) and returns its status and output. */
   async finish(ms = 5000): Promise<{ code: number; stdout: string; stderr: string }> {
     try {
-      await withDeadline(this.#status, ms, `the program to exit\n${this.output()}`);
+      await withDeadline(this.process.exited, ms, `the program to exit\n${this.output()}`);
     } catch (error) {
-      this.kill("SIGKILL");
-      await this.#close();
+      await this.process.stop();
       throw error;
     }
-    await this.#close();
-    const { code } = await this.#status;
+    const { code } = await this.process.stop();
     return { code, stdout: this.stdoutLines.join("\n"), stderr: this.stderr };
-  }
-
-  async #close() {
-    if (this.#closed) return;
-    this.#closed = true;
-    await this.#status;
-    await this.#pumps;
   }
 
   /** Kills the program if it is still running and reaps it. */
   async [Symbol.asyncDispose]() {
-    this.kill("SIGKILL");
-    await this.#close();
+    await this.process.stop();
   }
+}
+
+/** Splits a byte stream into lines of text (UTF-8), calling `onLine` for each. */
+function lineSplitter(onLine: (line: string) => void): (chunk: Uint8Array | null) => void {
+  const decoder = new TextDecoder();
+  let rest = "";
+  return (chunk) => {
+    const parts = (rest + decoder.decode(chunk ?? undefined, { stream: chunk !== null })).split(
+      "\n",
+    );
+    rest = parts.pop()!;
+    parts.forEach(onLine);
+    if (chunk === null && rest) onLine(rest);
+  };
 }
 
 /** The first words of every program's error for a missing --allow-net. */
@@ -273,7 +256,9 @@ export const NO_NET_ERROR = /^error: Network access is not allowed: run again wi
  * trace). Resolves to that line.
  *
  * @example
- * ```ts
+ * ```ts ignore
+ * // ignore: it runs one of this project's programs, whose messages belong to it;
+ * // tests/tcp_client_test.ts and the others use it.
  * await expectOneLineError("tcp_client.ts", ["--port", "abc"], { code: 2, pattern: /--port/ });
  * ```
  */
@@ -293,7 +278,9 @@ export async function expectOneLineError(
 
 /** Options for {@linkcode tcpExchange}. */
 export interface TcpExchangeOptions {
+  /** The server's address; default 127.0.0.1. */
   hostname?: string;
+  /** The server's port. */
   port: number;
   /** The request, as one buffer or as chunks written one by one. */
   chunks: Uint8Array[];
@@ -304,66 +291,43 @@ export interface TcpExchangeOptions {
 }
 
 /**
- * Connects, writes the chunks, half-closes, and reads the reply to the end.
+ * The kit's {@linkcode tcpRequest} as a test wants it: connects, writes the
+ * chunks, half-closes, and resolves to the whole reply; throws unless the
+ * server ended the reply by closing the connection (ConnectionRefused,
+ * ConnectionReset, or an Error that says why).
  *
  * @example
- * ```ts
+ * ```ts ignore
+ * // ignore: needs a server; tests/tcp_server_test.ts starts one.
  * const reply = await tcpExchange({ port, chunks: [utf8("hi")] });
  * ```
  */
 export async function tcpExchange(options: TcpExchangeOptions): Promise<Uint8Array> {
-  const { hostname = "127.0.0.1", port, chunks, gapMs = 0, ms = 5000 } = options;
-  const conn = await Deno.connect({ hostname, port });
-  try {
-    return await withDeadline(
-      (async () => {
-        conn.setNoDelay(true);
-        const reading = readToEnd(conn);
-        for (const [i, chunk] of chunks.entries()) {
-          if (i > 0 && gapMs > 0) await new Promise((r) => setTimeout(r, gapMs));
-          await writeAll(conn, chunk);
-        }
-        await conn.closeWrite();
-        return await reading;
-      })(),
-      ms,
-      `TCP exchange with port ${port}`,
-    );
-  } finally {
-    conn.close();
+  const { hostname = "127.0.0.1", port, chunks, gapMs, ms = 5000 } = options;
+  const outcome = await tcpRequest({ address: { hostname, port }, chunks, gapMs, ms });
+  if (outcome.end === "eof" && !outcome.problem) return outcome.data;
+  // The error classes Deno.connect would throw, so a test can tell them apart.
+  const message = `TCP exchange with port ${port}: ${outcome.problem ?? outcome.end}`;
+  switch (outcome.end) {
+    case "refused":
+      throw new Deno.errors.ConnectionRefused(message);
+    case "reset":
+      throw new Deno.errors.ConnectionReset(message);
+    case "timeout":
+      throw new Error(`Deadline: ${message}`);
+    default:
+      throw new Error(message);
   }
-}
-
-/** Writes every byte of `data`. */
-export async function writeAll(conn: Deno.Conn, data: Uint8Array) {
-  let written = 0;
-  while (written < data.length) written += await conn.write(data.subarray(written));
-}
-
-/** Reads until end of stream. */
-export async function readToEnd(conn: Deno.Conn): Promise<Uint8Array> {
-  const parts: Uint8Array[] = [];
-  const buffer = new Uint8Array(64 * 1024);
-  for (;;) {
-    const n = await conn.read(buffer);
-    if (n === null) break;
-    parts.push(buffer.slice(0, n));
-  }
-  const all = new Uint8Array(parts.reduce((sum, p) => sum + p.length, 0));
-  let offset = 0;
-  for (const part of parts) {
-    all.set(part, offset);
-    offset += part.length;
-  }
-  return all;
 }
 
 /**
- * Sends one datagram from a fresh socket and resolves to the reply and its
- * sender, or undefined if nothing came within `ms`.
+ * The kit's {@linkcode udpRequest} as a test wants it: sends one datagram
+ * from a fresh socket and resolves to the reply and its sender, or undefined
+ * if nothing came within `ms`.
  *
  * @example
- * ```ts
+ * ```ts ignore
+ * // ignore: needs a server; tests/udp_server_test.ts starts one.
  * const reply = await udpExchange({ port, data: utf8("hi") });
  * ```
  */
@@ -375,21 +339,6 @@ export async function udpExchange(
     ms?: number;
   },
 ): Promise<{ data: Uint8Array; from: Deno.NetAddr } | undefined> {
-  const socket = Deno.listenDatagram({
-    transport: "udp",
-    hostname: hostname.includes(":") ? "::1" : "127.0.0.1",
-    port: 0,
-  });
-  const receiving = socket.receive(new Uint8Array(65536));
-  try {
-    await socket.send(data, { transport: "udp", hostname, port });
-    const [reply, from] = await withDeadline(receiving, ms, `UDP reply from port ${port}`);
-    return { data: reply, from: from as Deno.NetAddr };
-  } catch (error) {
-    if (error instanceof Error && error.message.startsWith("Deadline")) return undefined;
-    throw error;
-  } finally {
-    socket.close();
-    await receiving.catch(() => {});
-  }
+  const { reply, from } = await udpRequest({ address: { hostname, port }, data, ms });
+  return reply && from ? { data: reply, from } : undefined;
 }

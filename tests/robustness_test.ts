@@ -199,7 +199,7 @@ Deno.test({
   fn: async () => {
     await using server = Program.start("tcp_server.ts", ["--port", "0", "--quiet"]);
     const port = await server.readyPort();
-    const pid = server.child.pid;
+    const pid = server.pid;
     const before = await memoryKb(pid);
     const conn = await Deno.connect({ hostname: "127.0.0.1", port });
     let sent = 0;
@@ -255,7 +255,7 @@ Deno.test({
       String(CONNECTIONS + 100),
     ]);
     const port = await server.readyPort();
-    const pid = server.child.pid;
+    const pid = server.pid;
     const conns: Deno.TcpConn[] = [];
     const batch = 500; // stay under the listen backlog (511)
     try {

@@ -554,7 +554,7 @@ async function startTarget(target: Target) {
   const server = Program.start("tcp_server.ts", ["--port", "0", "--host", "127.0.0.1"]);
   const port = await server.readyPort();
   const limit = await new Deno.Command("prlimit", {
-    args: ["--pid", String(server.child.pid), `--nofile=${target.fileLimit}:${target.fileLimit}`],
+    args: ["--pid", String(server.pid), `--nofile=${target.fileLimit}:${target.fileLimit}`],
   }).output();
   const stop = async () => {
     server.kill("SIGTERM");
@@ -690,7 +690,7 @@ async function outOfDescriptors(end: "close" | "reset"): Promise<number> {
   await using server = Program.start("tcp_server.ts", ["--port", "0", "--host", "127.0.0.1"]);
   const port = await server.readyPort();
   const limit = await new Deno.Command("prlimit", {
-    args: ["--pid", String(server.child.pid), "--nofile=64:64"],
+    args: ["--pid", String(server.pid), "--nofile=64:64"],
   }).output();
   assert.ok(limit.success, new TextDecoder().decode(limit.stderr));
   const held: net.Socket[] = [];
@@ -976,7 +976,7 @@ Deno.test({
       flags: ["--allow-net", "--v8-flags=--max-semi-space-size=1"],
     });
     const port = await server.readyPort();
-    const pid = server.child.pid;
+    const pid = server.pid;
     const closed = () =>
       server.stdoutLines.filter((l) => l.startsWith("Served")).length +
       server.stdoutLines.map((l) =>

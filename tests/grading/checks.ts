@@ -1,15 +1,13 @@
 /**
  * The grading checks. A server under test is checked with this project's
  * client logic (connect, send, half-close, read to the end); a client under
- * test is checked against this project's server, run in-process.
+ * test is checked against the kit's reference server, run in-process.
  *
  * Each check resolves to a short note when it passes and throws a
  * {@linkcode CheckFailure} (with an escaped byte-level diff) when it fails.
  *
  * @module
  */
-import { startTcpServer } from "../../tcp_server.ts";
-import { startUdpServer } from "../../udp_server.ts";
 import type { Role } from "./config.ts";
 import {
   CheckFailure,
@@ -22,7 +20,6 @@ import {
 } from "./compare.ts";
 import {
   type Address,
-  MORE_LOOPBACK_HOSTS,
   portBecomesFree,
   sleep,
   type TcpEnd,
@@ -31,6 +28,7 @@ import {
   withDeadline,
 } from "./net.ts";
 import type { ProgramProcess } from "./process.ts";
+import { startReferenceServer } from "./reference.ts";
 import {
   type Middleman,
   startLossyUdpProxy,
@@ -70,7 +68,10 @@ const MANY = 5;
  *
  * @example
  * ```ts
- * longLine(1500).length; // 1500
+ * import assert from "node:assert/strict";
+ *
+ * assert.equal(longLine(1500).length, 1500);
+ * assert.ok(longLine(1500).endsWith("end"));
  * ```
  */
 export function longLine(bytes: number): string {
@@ -105,6 +106,7 @@ const INVALID = new Uint8Array([0x68, 0x69, 0x20, 0xff, 0xfe, 0x20, 0xc3, 0x28, 
 
 /** What a server check is given. */
 export interface ServerContext {
+  /** The server's transport. */
   transport: "tcp" | "udp";
   /** Where the server under test answers. */
   address: Address;
@@ -132,6 +134,7 @@ export interface ClientRun {
 
 /** What a client check is given. */
 export interface ClientContext {
+  /** The client's transport. */
   transport: "tcp" | "udp";
   /** Port for whatever the client talks to: 0, or the fixed port its template needs. */
   listenPort: number;
@@ -146,21 +149,29 @@ export interface ClientContext {
 
 /** A check of a server under test. */
 export interface ServerCheck {
+  /** Checks a server. */
   side: "server";
+  /** Its id, as in the results. */
   id: CheckId;
+  /** What it checks, in a few words. */
   title: string;
   /** Advice shown when it fails. */
   hint: string;
+  /** Resolves to a note when it passes; throws a CheckFailure when it fails. */
   run(context: ServerContext): Promise<string>;
 }
 
 /** A check of a client under test. */
 export interface ClientCheck {
+  /** Checks a client. */
   side: "client";
+  /** Its id, as in the results. */
   id: CheckId;
+  /** What it checks, in a few words. */
   title: string;
   /** Advice shown when it fails. */
   hint: string;
+  /** Resolves to a note when it passes; throws a CheckFailure when it fails. */
   run(context: ClientContext): Promise<string>;
 }
 
@@ -513,47 +524,23 @@ const servesManyCheck: ServerCheck = {
 // ---------------------------------------------------------------------------
 
 /**
- * Runs this project's own server in-process on `port` (both loopback
- * addresses) for the duration of `body`, which gets the port and a count of
- * the server's log lines: none means no client ever reached it.
+ * Runs the kit's reference server ({@linkcode startReferenceServer}) on
+ * `port` (both loopback addresses) for the duration of `body`, which gets
+ * the port and a count of what reached the server: none means no client
+ * ever did.
  */
 async function withOurServer<T>(
   { transport, port }: { transport: "tcp" | "udp"; port: number },
   body: (port: number, traffic: () => number) => Promise<T>,
 ): Promise<T> {
-  const controller = new AbortController();
-  let lines = 0;
-  const options = {
-    hostname: "localhost",
-    port,
-    log: () => void lines++,
-    signal: controller.signal,
-  };
-  const start = (hostname: string) =>
-    transport === "tcp"
-      ? startTcpServer({ ...options, hostname, shutdownGrace: 1, idleTimeout: 30 })
-      : startUdpServer({ ...options, hostname });
   // A fixed port that a proxy of the same check just closed can stay taken
   // for a moment.
   if (port !== 0) await portBecomesFree(transport, port);
-  const servers = [await start("localhost")];
-  // On a fixed port the client may hard-code another loopback address too.
-  for (const hostname of port === 0 ? [] : MORE_LOOPBACK_HOSTS) {
-    try {
-      servers.push(await start(hostname));
-    } catch {
-      // Not an address of this machine, or taken.
-    }
-  }
+  const server = startReferenceServer(transport, port);
   try {
-    return await body(servers[0].addrs[0].port, () => lines);
+    return await body(server.port, server.traffic);
   } finally {
-    controller.abort();
-    await withDeadline(
-      Promise.all(servers.map((server) => server.finished)),
-      5000,
-      "this project's server to shut down",
-    );
+    await withDeadline(server.close(), 5000, "the reference server to shut down");
   }
 }
 
@@ -592,7 +579,7 @@ async function expectClientPrints(
     return `the reply appeared in the client's output (${expect.length} bytes)` +
       (note ? `; ${note}` : "");
   }
-  // The server logs a connection when it closes: give that a moment.
+  // A connection or datagram can still wait in the server's queue: give it a moment.
   for (let i = 0; i < 10 && traffic() === 0; i++) await sleep(20);
   const lines = [
     "the client's output does not contain the expected reply",
@@ -786,8 +773,12 @@ function noReplyCheck(transport: "tcp" | "udp"): ClientCheck {
  *
  * @example
  * ```ts
- * checksFor("udp_server").map((check) => check.id);
- * // ["basic", "mixed", "utf8", "long1k", "long2k", "serves_many", "invalid"]
+ * import assert from "node:assert/strict";
+ *
+ * assert.deepEqual(
+ *   checksFor("udp_server").map((check) => check.id),
+ *   ["basic", "mixed", "utf8", "long1k", "long2k", "serves_many", "invalid"],
+ * );
  * ```
  */
 export function checksFor(role: Role): Check[] {

@@ -12,7 +12,10 @@
  *
  * @example
  * ```ts
- * expectedReply(new TextEncoder().encode("ß")); // bytes of "SS"
+ * import assert from "node:assert/strict";
+ *
+ * const reply = expectedReply(new TextEncoder().encode("ß"));
+ * assert.equal(new TextDecoder().decode(reply), "SS");
  * ```
  */
 export function expectedReply(input: Uint8Array): Uint8Array {
@@ -31,7 +34,9 @@ export function utf8(text: string): Uint8Array {
  *
  * @example
  * ```ts
- * escapeBytes(utf8("ä\n")); // "\\xc3\\xa4\\n"
+ * import assert from "node:assert/strict";
+ *
+ * assert.equal(escapeBytes(utf8("ä\n")), "\\xc3\\xa4\\n");
  * ```
  */
 export function escapeBytes(bytes: Uint8Array, max = 200): string {
@@ -50,7 +55,10 @@ export function escapeBytes(bytes: Uint8Array, max = 200): string {
  *
  * @example
  * ```ts
- * assertBytes(reply, expectedReply(request));
+ * import assert from "node:assert/strict";
+ *
+ * assertBytes(utf8("HI"), expectedReply(utf8("hi")));
+ * assert.throws(() => assertBytes(utf8("H"), utf8("HI")), /reply/);
  * ```
  */
 export function assertBytes(actual: Uint8Array, expected: Uint8Array, what = "reply") {
@@ -70,10 +78,15 @@ export function assertBytes(actual: Uint8Array, expected: Uint8Array, what = "re
  *
  * @example
  * ```ts
- * throw new CheckFailure("the reply differs at byte 0 (got 0 bytes, want 11)");
+ * import assert from "node:assert/strict";
+ *
+ * const failure = new CheckFailure("the reply differs at byte 0 (got 0 bytes, want 11)");
+ * assert.ok(failure instanceof Error);
+ * assert.equal(failure.name, "CheckFailure");
  * ```
  */
 export class CheckFailure extends Error {
+  /** `message`: what went wrong, with the diff. */
   constructor(message: string) {
     super(message);
     this.name = "CheckFailure";
@@ -93,18 +106,24 @@ export type ReplyState = "prefix" | "match" | "wrong";
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
+ *
  * const watcher = new ReplyWatcher(utf8("HI"));
- * watcher.push(utf8("H")); // watcher.state: "prefix"
- * watcher.push(utf8("I\n")); // watcher.state: "match"
+ * watcher.push(utf8("H"));
+ * assert.equal(watcher.state, "prefix");
+ * watcher.push(utf8("I\n"));
+ * assert.equal(watcher.state, "match");
  * ```
  */
 export class ReplyWatcher {
+  /** The whole expected reply. */
   readonly expected: Uint8Array;
   #length = 0;
   #wrong = false;
   /** The bytes after the expected reply (at most 3 are kept). */
   #tail: number[] = [];
 
+  /** Watches for `expected`. */
   constructor(expected: Uint8Array) {
     this.expected = expected;
   }
@@ -142,8 +161,11 @@ export class ReplyWatcher {
  *
  * @example
  * ```ts
- * replyMatches(utf8("HI\n"), utf8("HI")); // true
- * replyMatches(utf8("A\nB"), utf8("A\nB\n")); // true
+ * import assert from "node:assert/strict";
+ *
+ * assert.equal(replyMatches(utf8("HI\n"), utf8("HI")), true);
+ * assert.equal(replyMatches(utf8("A\nB"), utf8("A\nB\n")), true);
+ * assert.equal(replyMatches(utf8("HE"), utf8("HI")), false);
  * ```
  */
 export function replyMatches(actual: Uint8Array, expected: Uint8Array): boolean {
@@ -162,8 +184,13 @@ export function replyMatches(actual: Uint8Array, expected: Uint8Array): boolean 
  *
  * @example
  * ```ts
- * replyDiff(utf8("HELLO"), utf8("HELLO WORLD"));
- * // "the reply differs at byte 5 (got 5 bytes, want 11)\n  got:  HELLO\n  want: HELLO WORLD"
+ * import assert from "node:assert/strict";
+ *
+ * assert.match(
+ *   replyDiff(utf8("HELLO"), utf8("HELLO WORLD")) ?? "",
+ *   /^the reply differs at byte 5 \(got 5 bytes, want 11\)/,
+ * );
+ * assert.equal(replyDiff(utf8("HI"), utf8("HI")), undefined);
  * ```
  */
 export function replyDiff(actual: Uint8Array, expected: Uint8Array): string | undefined {
@@ -200,7 +227,10 @@ function nulPadding(actual: Uint8Array, expected: Uint8Array): string | undefine
  *
  * @example
  * ```ts
- * indexOfBytes(utf8("From Server: HI\n"), utf8("HI")); // 13
+ * import assert from "node:assert/strict";
+ *
+ * assert.equal(indexOfBytes(utf8("From Server: HI\n"), utf8("HI")), 13);
+ * assert.equal(indexOfBytes(utf8("HE"), utf8("HI")), -1);
  * ```
  */
 export function indexOfBytes(haystack: Uint8Array, needle: Uint8Array): number {
@@ -221,8 +251,12 @@ export function indexOfBytes(haystack: Uint8Array, needle: Uint8Array): number {
  *
  * @example
  * ```ts
- * outputDiff(utf8("From Server: HELL\n"), utf8("HELLO"));
- * // "the closest match in the output agrees with the first 4 of 5 bytes, then differs: ..."
+ * import assert from "node:assert/strict";
+ *
+ * assert.match(
+ *   outputDiff(utf8("From Server: HELL\n"), utf8("HELLO")),
+ *   /^the closest match in the output agrees with the first 4 of 5 bytes of the reply, then differs/,
+ * );
  * ```
  */
 export function outputDiff(output: Uint8Array, expected: Uint8Array): string {

@@ -14,7 +14,7 @@ import { fileURLToPath } from "node:url";
 import { shellQuote } from "./process.ts";
 
 /** The project folder (where deno.json lives). */
-export const PROJECT_ROOT = fileURLToPath(new URL("../..", import.meta.url));
+export const PROJECT_ROOT: string = fileURLToPath(new URL("../..", import.meta.url));
 
 /** The four programs of the textbook's uppercase app. */
 export type Role = "udp_server" | "udp_client" | "tcp_server" | "tcp_client";
@@ -73,10 +73,15 @@ export interface GradeConfig {
  *
  * @example
  * ```ts
- * throw new ConfigError('GRADE_FIXED_PORT must be a number from 1 to 65535, not "x"');
+ * import assert from "node:assert/strict";
+ *
+ * const error = new ConfigError('GRADE_FIXED_PORT must be a number from 1 to 65535, not "x"');
+ * assert.ok(error instanceof Error);
+ * assert.equal(error.name, "ConfigError");
  * ```
  */
 export class ConfigError extends Error {
+  /** `message`: what is wrong, and how to fix it. */
   constructor(message: string) {
     super(message);
     this.name = "ConfigError";
@@ -88,7 +93,9 @@ export class ConfigError extends Error {
  *
  * @example
  * ```ts
- * defaultTemplate("tcp_client"); // ".../deno run --allow-net ... tcp_client.ts --host {host} --port {port} --timeout 1"
+ * import assert from "node:assert/strict";
+ *
+ * assert.match(defaultTemplate("tcp_client"), /tcp_client\.ts --host \{host\} --port \{port\} --timeout 1$/);
  * ```
  */
 export function defaultTemplate(role: Role): string {
@@ -109,8 +116,10 @@ export function defaultTemplate(role: Role): string {
  *
  * @example
  * ```ts
- * usesPortPlaceholder("python3 TCPServer.py {port}"); // true
- * usesPortPlaceholder("python3 TCPServer.py"); // false: port 12000
+ * import assert from "node:assert/strict";
+ *
+ * assert.equal(usesPortPlaceholder("python3 TCPServer.py {port}"), true);
+ * assert.equal(usesPortPlaceholder("python3 TCPServer.py"), false); // port 12000
  * ```
  */
 export function usesPortPlaceholder(template: string): boolean {
@@ -122,8 +131,12 @@ export function usesPortPlaceholder(template: string): boolean {
  *
  * @example
  * ```ts
- * fillTemplate("python3 s.py {host} {port}", { host: "127.0.0.1", port: 5000 });
- * // "python3 s.py 127.0.0.1 5000"
+ * import assert from "node:assert/strict";
+ *
+ * assert.equal(
+ *   fillTemplate("python3 s.py {host} {port}", { host: "127.0.0.1", port: 5000 }),
+ *   "python3 s.py 127.0.0.1 5000",
+ * );
  * ```
  */
 export function fillTemplate(template: string, values: { host: string; port: number }): string {
@@ -148,8 +161,11 @@ export interface LoadConfigOptions {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
+ *
  * const config = loadConfig({ env: { TCP_SERVER: "python3 TCPServer.py {port}" } });
- * config.templates.tcp_server; // "python3 TCPServer.py {port}"
+ * assert.equal(config.templates.tcp_server, "python3 TCPServer.py {port}");
+ * assert.deepEqual(config.submitted, ["tcp_server"]);
  * ```
  */
 export function loadConfig(options: LoadConfigOptions = {}): GradeConfig {
@@ -194,7 +210,9 @@ export function transportPortVariable(role: Role): string {
  *
  * @example
  * ```ts
- * GRADING_VARIABLES.includes("TCP_SERVER"); // true
+ * import assert from "node:assert/strict";
+ *
+ * assert.ok(GRADING_VARIABLES.includes("TCP_SERVER"));
  * ```
  */
 export const GRADING_VARIABLES: readonly string[] = [

@@ -52,8 +52,11 @@ const KNOWN_PROBLEMS: KnownProblem[] = [
  *
  * @example
  * ```ts
- * knownProblems("  print 'hi'\nSyntaxError: Missing parentheses in call to 'print'");
- * // ["This is Python 2 code run by python3 ...", "The program did not compile ..."]
+ * import assert from "node:assert/strict";
+ *
+ * const advice = knownProblems("  print 'hi'\nSyntaxError: Missing parentheses in call to 'print'");
+ * assert.match(advice[0], /^This is Python 2 code run by python3/);
+ * assert.deepEqual(knownProblems("all went well"), []);
  * ```
  */
 export function knownProblems(output: string): string[] {

@@ -1,6 +1,7 @@
 /**
- * `deno task grade`: runs the grading checks and writes a Gradescope-style
- * results.json (one test per check, with its score, max score and output).
+ * `deno task grade`: runs the grading checks and writes a results.json (one
+ * test per check, with its score, max score and output) in Gradescope's
+ * format, or with `--format` in PrairieLearn's or Exercism's (formats.ts).
  * It exits 0 whatever the grade, as autograder runners expect: the grade is
  * in the file, not in the exit code. The one exception is a void grade
  * (exit 3): the submission could not be graded fairly (another program held
@@ -19,110 +20,36 @@
  */
 import { dirname, isAbsolute, resolve } from "node:path";
 import { parseArgs } from "node:util";
-import { ConfigError, type GradeConfig, loadConfig, ROLE_ENV, ROLE_LABEL } from "./config.ts";
+import { ConfigError, loadConfig } from "./config.ts";
+import {
+  describeRoles,
+  type Format,
+  formatResults,
+  FORMATS,
+  type GradeOutcome,
+} from "./formats.ts";
 import { type CheckResult, runRoles } from "./runner.ts";
 
-/** One test in results.json. */
-export interface GradescopeTest {
-  name: string;
-  number: string;
-  score: number;
-  max_score: number;
-  status: "passed" | "failed";
-  output: string;
-  tags: string[];
-  visibility: "visible";
-}
+// The formats live in formats.ts; toGradescope stays importable from here.
+export { type GradescopeResults, type GradescopeTest, toGradescope } from "./formats.ts";
 
-/** The results.json an autograder expects. */
-export interface GradescopeResults {
-  score: number;
-  execution_time: number;
-  output: string;
-  output_format: "text";
-  test_output_format: "text";
-  stdout_visibility: "visible";
-  visibility: "visible";
-  tests: GradescopeTest[];
-}
-
-/**
- * Turns check results into Gradescope's format: one point per check.
- *
- * @example
- * ```ts
- * const json = toGradescope(await runRoles(config), { config, seconds: 12 });
- * console.log(json.score);
- * ```
- */
-export function toGradescope(
-  results: CheckResult[],
-  { config, seconds }: { config: GradeConfig; seconds: number },
-): GradescopeResults {
-  const roleNumbers = new Map(config.roles.map((role, i) => [role, i + 1]));
-  const counters = new Map<string, number>();
-  const tests = results.map((result): GradescopeTest => {
-    const count = (counters.get(result.role) ?? 0) + 1;
-    counters.set(result.role, count);
-    return {
-      name: result.name,
-      number: `${roleNumbers.get(result.role)}.${count}`,
-      score: result.passed ? 1 : 0,
-      max_score: 1,
-      status: result.passed ? "passed" : "failed",
-      output: result.output,
-      tags: [result.role, result.id],
-      visibility: "visible",
-    };
-  });
-  const score = tests.reduce((sum, test) => sum + test.score, 0);
-  return {
-    score,
-    execution_time: Math.round(seconds * 10) / 10,
-    output: `${describeRoles(config)}\n${score} of ${tests.length} checks passed.`,
-    output_format: "text",
-    test_output_format: "text",
-    stdout_visibility: "visible",
-    visibility: "visible",
-    tests,
-  };
-}
-
-/** One line per graded role: which program ran. */
-function describeRoles(config: GradeConfig): string {
-  return config.roles.map((role) => {
-    const source = config.submitted.includes(role)
-      ? `${ROLE_ENV[role]}=${config.templates[role]}`
-      : "this project's program (no submission given)";
-    return `${ROLE_LABEL[role]}: ${source}`;
-  }).join("\n");
-}
-
-/** A results.json that reports a setup problem instead of a grade. */
-function setupFailure(message: string, seconds = 0): GradescopeResults {
-  return {
-    score: 0,
-    execution_time: Math.round(seconds * 10) / 10,
-    output: message,
-    output_format: "text",
-    test_output_format: "text",
-    stdout_visibility: "visible",
-    visibility: "visible",
-    tests: [],
-  };
-}
-
-const USAGE = `Usage: deno task grade [--output PATH]
+const USAGE = `Usage: deno task grade [--output PATH] [--format FORMAT]
 
 Runs the grading checks on the programs named by UDP_SERVER, UDP_CLIENT,
 TCP_SERVER and TCP_CLIENT (command templates; {host} and {port} are filled in)
-and writes a Gradescope-style results.json. Exits 0 whatever the grade;
-3 if the grade is void (another program held a fixed port: grade again).
+and writes a results.json. Exits 0 whatever the grade; 3 if the grade is void
+(another program held a fixed port: grade again).
 
 Options:
-  --output PATH   where to write the results (default: $GRADE_RESULTS, or
-                  results.json in the current folder); - writes them to stdout
-  --help          show this help
+  --output PATH    where to write the results (default: $GRADE_RESULTS, or
+                   results.json in the current folder); - writes them to stdout
+  --format FORMAT  gradescope (default): Gradescope's results.json
+                   prairielearn: PrairieLearn's external grading results.json
+                   exercism: Exercism's test runner results.json (version 2)
+  --help           show this help
+
+JUnit XML (CodeGrade, CI): deno test --allow-net --allow-run --allow-read
+  --allow-env --reporter=junit --junit-path=junit.xml tests/conformance_test.ts
 
 Environment: GRADE_ROLES, GRADE_FIXED_PORT, GRADE_READY_DEADLINE,
 GRADE_CLIENT_DEADLINE (see the README, "Grading student submissions").`;
@@ -133,7 +60,9 @@ GRADE_CLIENT_DEADLINE (see the README, "Grading student submissions").`;
  * (results.json says why), 1 if it cannot be written, 2 for a usage error.
  *
  * @example
- * ```ts
+ * ```ts ignore
+ * // ignore: it runs every check (seconds) and writes a file; the tests in
+ * // tests/grading_formats_test.ts and tests/grading_meta_test.ts run it.
  * const code = await main(["--output", "results.json"]);
  * ```
  */
@@ -146,6 +75,7 @@ export async function main(args: string[]): Promise<number> {
       allowPositionals: false,
       options: {
         output: { type: "string" },
+        format: { type: "string", default: "gradescope" },
         help: { type: "boolean", short: "h", default: false },
       },
     }));
@@ -157,6 +87,13 @@ export async function main(args: string[]): Promise<number> {
     console.log(USAGE);
     return 0;
   }
+  const format = values.format as Format;
+  if (!FORMATS.includes(format)) {
+    console.error(
+      `error: Unknown format "${values.format}": use ${FORMATS.join(", ")} (see --help)`,
+    );
+    return 2;
+  }
   const env = Deno.env.toObject();
   const base = env.INIT_CWD || Deno.cwd();
   const target = values.output ?? env.GRADE_RESULTS ?? "results.json";
@@ -165,7 +102,7 @@ export async function main(args: string[]): Promise<number> {
   const say = toStdout ? console.error : console.log;
 
   const started = performance.now();
-  let json: GradescopeResults;
+  let outcome: GradeOutcome;
   let code = 0;
   try {
     const config = loadConfig({ env, onlySubmitted: true });
@@ -176,18 +113,19 @@ export async function main(args: string[]): Promise<number> {
     const voided = results.find((result) => result.void);
     if (voided) {
       // No score at all: a zero would look like the student's.
-      json = setupFailure(`${describeRoles(config)}\n${voided.output}`, seconds);
+      outcome = { notGraded: `${describeRoles(config)}\n${voided.output}`, seconds };
       say("No score: the grade is void (see above); fix that and grade again.");
       code = 3;
     } else {
-      json = toGradescope(results, { config, seconds });
-      say(`Score: ${json.score}/${json.tests.length}`);
+      outcome = { results, config, seconds };
+      say(`Score: ${results.filter((result) => result.passed).length}/${results.length}`);
     }
   } catch (error) {
     if (!(error instanceof ConfigError)) throw error;
     say(`error: ${error.message}`);
-    json = setupFailure(`The grading could not run: ${error.message}`);
+    outcome = { notGraded: `The grading could not run: ${error.message}`, seconds: 0 };
   }
+  const json = formatResults(format, outcome);
 
   const text = JSON.stringify(json, null, 2) + "\n";
   if (toStdout) {

@@ -12,7 +12,9 @@ import { ReplyWatcher } from "./compare.ts";
 
 /** Where a server listens. */
 export interface Address {
+  /** A loopback address: "127.0.0.1" or "::1". */
   hostname: string;
+  /** The port. */
   port: number;
 }
 
@@ -73,8 +75,11 @@ function bindPair<T extends { close(): void; addr: Deno.Addr }>(
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
+ *
  * const listeners = listenTcpLoopback(0);
- * const port = (listeners[0].addr as Deno.NetAddr).port;
+ * const ports = listeners.map((l) => (l.addr as Deno.NetAddr).port);
+ * assert.ok(ports.every((port) => port === ports[0])); // one port on both addresses
  * for (const l of listeners) l.close();
  * ```
  */
@@ -87,7 +92,10 @@ export function listenTcpLoopback(port: number): Deno.TcpListener[] {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
+ *
  * const sockets = bindUdpLoopback(0);
+ * assert.equal((sockets[0].addr as Deno.NetAddr).hostname, "127.0.0.1");
  * for (const s of sockets) s.close();
  * ```
  */
@@ -106,7 +114,13 @@ export function bindUdpLoopback(port: number): Deno.DatagramConn[] {
  *
  * @example
  * ```ts
- * if (!await portBecomesFree("tcp", 12000)) console.log("something uses port 12000");
+ * import assert from "node:assert/strict";
+ *
+ * const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+ * const port = listener.addr.port;
+ * assert.equal(await portBecomesFree("tcp", port, 50), false);
+ * listener.close();
+ * assert.equal(await portBecomesFree("tcp", port), true);
  * ```
  */
 export async function portBecomesFree(
@@ -127,7 +141,11 @@ export async function portBecomesFree(
  *
  * @example
  * ```ts
- * if (!portIsFree("tcp", 12000)) console.log("something already uses port 12000");
+ * import assert from "node:assert/strict";
+ *
+ * const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+ * assert.equal(portIsFree("tcp", listener.addr.port), false);
+ * listener.close();
  * ```
  */
 export function portIsFree(transport: "tcp" | "udp", port: number): boolean {
@@ -148,7 +166,13 @@ export function portIsFree(transport: "tcp" | "udp", port: number): boolean {
  *
  * @example
  * ```ts
- * await sleep(5, controller.signal);
+ * import assert from "node:assert/strict";
+ *
+ * const controller = new AbortController();
+ * const started = performance.now();
+ * setTimeout(() => controller.abort(), 10);
+ * await sleep(60_000, controller.signal); // ends at the abort, not after a minute
+ * assert.ok(performance.now() - started < 5000);
  * ```
  */
 export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
@@ -169,7 +193,13 @@ export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
  *
  * @example
  * ```ts
- * await withDeadline(fetchSomething(), 2000, "the reply");
+ * import assert from "node:assert/strict";
+ *
+ * assert.equal(await withDeadline(Promise.resolve(42), 2000, "the answer"), 42);
+ * await assert.rejects(
+ *   withDeadline(new Promise(() => {}), 10, "the reply"),
+ *   /^Error: Deadline: the reply took over 10 ms$/,
+ * );
  * ```
  */
 export async function withDeadline<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
@@ -195,11 +225,24 @@ export async function withDeadline<T>(promise: Promise<T>, ms: number, what: str
  *
  * @example
  * ```ts
- * const conn = await ResettingConn.connect({ hostname: "127.0.0.1", port: 12000 });
+ * import assert from "node:assert/strict";
+ *
+ * // An echo server: reads to the end, sends it all back, closes.
+ * const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+ * const echo = (async () => {
+ *   using conn = await listener.accept();
+ *   await writeAll(conn, await readToEnd(conn));
+ * })();
+ *
+ * const conn = await ResettingConn.connect({ hostname: "127.0.0.1", port: listener.addr.port });
  * await conn.write(new TextEncoder().encode("hi"));
  * await conn.closeWrite();
- * for (let chunk = await conn.read(); chunk; chunk = await conn.read()) console.log(chunk);
- * await conn.close();
+ * const chunks: Uint8Array[] = [];
+ * for (let chunk = await conn.read(); chunk; chunk = await conn.read()) chunks.push(chunk);
+ * await conn.close(); // a reset: the echo server closed first
+ * assert.equal(new TextDecoder().decode(concat(chunks)), "hi");
+ * await echo;
+ * listener.close();
  * ```
  */
 export class ResettingConn {
@@ -338,11 +381,14 @@ export interface TcpOutcome {
 
 /** Options for {@linkcode tcpRequest}. */
 export interface TcpRequestOptions {
+  /** The server. */
   address: Address;
   /** The request; each chunk is one write. */
   chunks: Uint8Array[];
   /** Deadline for the whole exchange. */
   ms: number;
+  /** Milliseconds between two chunks, so that they arrive in separate reads; default 0. */
+  gapMs?: number;
   /** Aborting ends the request at once (end "aborted"), e.g. when the server exits. */
   signal?: AbortSignal;
   /**
@@ -373,16 +419,23 @@ export interface TcpRequestOptions {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
+ *
+ * import { startReferenceServer } from "./reference.ts";
+ *
+ * await using server = startReferenceServer("tcp", 0);
  * const outcome = await tcpRequest({
- *   address: { hostname: "127.0.0.1", port: 12000 },
- *   chunks: [new TextEncoder().encode("hello")],
+ *   address: { hostname: "127.0.0.1", port: server.port },
+ *   chunks: [new TextEncoder().encode("hel"), new TextEncoder().encode("lo")],
  *   ms: 2000,
  * });
- * if (outcome.end === "eof") console.log(new TextDecoder().decode(outcome.data));
+ * assert.equal(outcome.end, "eof");
+ * assert.equal(new TextDecoder().decode(outcome.data), "HELLO");
  * ```
  */
 export async function tcpRequest(options: TcpRequestOptions): Promise<TcpOutcome> {
-  const { address, chunks, ms, signal, halfCloseDelayMs = 0, expect, settleMs = 150 } = options;
+  const { address, chunks, ms, gapMs = 0, signal, halfCloseDelayMs = 0 } = options;
+  const { expect, settleMs = 150 } = options;
   const started = performance.now();
   const stop = new AbortController();
   let why: TcpEnd | undefined;
@@ -440,7 +493,10 @@ export async function tcpRequest(options: TcpRequestOptions): Promise<TcpOutcome
       }
     })();
     const writing = (async () => {
-      for (const chunk of chunks) await c.write(chunk);
+      for (const [i, chunk] of chunks.entries()) {
+        if (i > 0 && gapMs > 0) await sleep(gapMs, serverClosed.signal);
+        await c.write(chunk);
+      }
       if (halfCloseDelayMs > 0) await sleep(halfCloseDelayMs, serverClosed.signal);
       if (!serverClosed.signal.aborted) await c.closeWrite();
     })();
@@ -495,6 +551,8 @@ function describeTcpEnd(end: TcpEnd, error: unknown, ms: number): string {
 export interface UdpOutcome {
   /** The reply, or undefined if none came. */
   reply?: Uint8Array;
+  /** Where the reply came from. */
+  from?: Deno.NetAddr;
   /** "reply", or why none came. */
   end: "reply" | "timeout" | "aborted";
   /** Milliseconds from sending to the end. */
@@ -503,7 +561,9 @@ export interface UdpOutcome {
 
 /** Options for {@linkcode udpRequest}. */
 export interface UdpRequestOptions {
+  /** The server; only its replies count. */
   address: Address;
+  /** The request: one datagram. */
   data: Uint8Array;
   /** How long to wait for the reply. */
   ms: number;
@@ -517,11 +577,19 @@ export interface UdpRequestOptions {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
+ *
+ * import { startReferenceServer } from "./reference.ts";
+ *
+ * await using server = startReferenceServer("udp", 0);
  * const outcome = await udpRequest({
- *   address: { hostname: "127.0.0.1", port: 12000 },
+ *   address: { hostname: "127.0.0.1", port: server.port },
  *   data: new TextEncoder().encode("hello"),
  *   ms: 2000,
  * });
+ * assert.equal(outcome.end, "reply");
+ * assert.equal(new TextDecoder().decode(outcome.reply), "HELLO");
+ * assert.equal(outcome.from?.port, server.port);
  * ```
  */
 export async function udpRequest(options: UdpRequestOptions): Promise<UdpOutcome> {
@@ -548,6 +616,7 @@ export async function udpRequest(options: UdpRequestOptions): Promise<UdpOutcome
   const onSignal = () => exitTimer ??= setTimeout(closeSocket("aborted"), EXIT_GRACE_MS.udp);
   signal?.addEventListener("abort", onSignal, { once: true });
   let reply: Uint8Array | undefined;
+  let replyFrom: Deno.NetAddr | undefined;
   try {
     if (signal?.aborted) {
       end = "aborted";
@@ -557,7 +626,9 @@ export async function udpRequest(options: UdpRequestOptions): Promise<UdpOutcome
     // A bounded loop: at most 100 stray datagrams are skipped.
     for (let i = 0; i < 100 && reply === undefined; i++) {
       const [received, from] = await socket.receive(new Uint8Array(65536));
-      if ((from as Deno.NetAddr).port === address.port) reply = received;
+      if ((from as Deno.NetAddr).port !== address.port) continue;
+      reply = received;
+      replyFrom = from as Deno.NetAddr;
     }
   } catch {
     // Closed by the deadline or the signal.
@@ -567,7 +638,8 @@ export async function udpRequest(options: UdpRequestOptions): Promise<UdpOutcome
     signal?.removeEventListener("abort", onSignal);
     closeSocket(reply ? "reply" : end)();
   }
-  return { reply, end: reply ? "reply" : end, ms: Math.round(performance.now() - started) };
+  const took = Math.round(performance.now() - started);
+  return { reply, from: replyFrom, end: reply ? "reply" : end, ms: took };
 }
 
 /**
@@ -576,7 +648,11 @@ export async function udpRequest(options: UdpRequestOptions): Promise<UdpOutcome
  *
  * @example
  * ```ts
- * const hostname = await probeTcp(12000); // "127.0.0.1", "::1" or undefined
+ * import assert from "node:assert/strict";
+ *
+ * const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+ * assert.equal(await probeTcp(listener.addr.port), "127.0.0.1");
+ * listener.close();
  * ```
  */
 export async function probeTcp(port: number, ms = 1000): Promise<string | undefined> {
@@ -602,7 +678,12 @@ export async function probeTcp(port: number, ms = 1000): Promise<string | undefi
  *
  * @example
  * ```ts
- * const hostname = await probeUdp(12000, 100);
+ * import assert from "node:assert/strict";
+ *
+ * import { startReferenceServer } from "./reference.ts";
+ *
+ * await using server = startReferenceServer("udp", 0);
+ * assert.equal(await probeUdp(server.port, 1000), "127.0.0.1");
  * ```
  */
 export async function probeUdp(port: number, ms: number): Promise<string | undefined> {
@@ -626,11 +707,72 @@ export async function probeUdp(port: number, ms: number): Promise<string | undef
 }
 
 /**
+ * Writes every byte of `data`: one `write()` may take only part of a buffer.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ *
+ * const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+ * const received = (async () => {
+ *   using conn = await listener.accept();
+ *   return await readToEnd(conn);
+ * })();
+ * const conn = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
+ * await writeAll(conn, new Uint8Array(1024 * 1024)); // more than one write() may take
+ * conn.close();
+ * assert.equal((await received).length, 1024 * 1024);
+ * listener.close();
+ * ```
+ */
+export async function writeAll(
+  conn: { write(data: Uint8Array): Promise<number> },
+  data: Uint8Array,
+): Promise<void> {
+  let written = 0;
+  while (written < data.length) written += await conn.write(data.subarray(written));
+}
+
+/**
+ * Reads until end of stream and joins what came. A `read()` loop, not
+ * `conn.readable`: consuming the readable to its end would close the whole
+ * connection, and the caller may still write after the peer's end of stream.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ *
+ * const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+ * const served = (async () => {
+ *   using conn = await listener.accept();
+ *   await writeAll(conn, new TextEncoder().encode("one, "));
+ *   await writeAll(conn, new TextEncoder().encode("two"));
+ * })();
+ * using conn = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
+ * assert.equal(new TextDecoder().decode(await readToEnd(conn)), "one, two");
+ * await served;
+ * listener.close();
+ * ```
+ */
+export async function readToEnd(
+  conn: { read(buffer: Uint8Array): Promise<number | null> },
+): Promise<Uint8Array> {
+  const parts: Uint8Array[] = [];
+  const buffer = new Uint8Array(64 * 1024);
+  for (let n = await conn.read(buffer); n !== null; n = await conn.read(buffer)) {
+    parts.push(buffer.slice(0, n));
+  }
+  return concat(parts);
+}
+
+/**
  * Joins byte arrays.
  *
  * @example
  * ```ts
- * concat([new Uint8Array([1]), new Uint8Array([2, 3])]); // Uint8Array [1, 2, 3]
+ * import assert from "node:assert/strict";
+ *
+ * assert.deepEqual(concat([new Uint8Array([1]), new Uint8Array([2, 3])]), new Uint8Array([1, 2, 3]));
  * ```
  */
 export function concat(parts: Uint8Array[]): Uint8Array {
@@ -648,7 +790,10 @@ export function concat(parts: Uint8Array[]): Uint8Array {
  *
  * @example
  * ```ts
- * errorText(new Error("Connection refused (os error 111)")); // "Connection refused (os error 111)"
+ * import assert from "node:assert/strict";
+ *
+ * assert.equal(errorText(new Error("Connection refused (os error 111)\nmore")), "Connection refused (os error 111)");
+ * assert.equal(errorText("plain"), "plain");
  * ```
  */
 export function errorText(error: unknown): string {

@@ -36,8 +36,13 @@ let lastSlot = -1;
  *
  * @example
  * ```ts
- * using reserved = await reserveFixedPort();
- * Program.start("tcp_server.ts", ["--port", String(reserved.port)]);
+ * import assert from "node:assert/strict";
+ *
+ * {
+ *   using reserved = await reserveFixedPort();
+ *   assert.ok(reserved.port > 1024);
+ *   // Start the program under test on reserved.port here.
+ * }
  * ```
  */
 export async function reserveFixedPort(): Promise<FixedPort> {

@@ -38,6 +38,12 @@ export interface SpawnOptions {
   cwd?: string;
   /** Bytes written to stdin, which is then closed; default no stdin (end of file at once). */
   input?: Uint8Array;
+  /**
+   * Called with every chunk of output as it arrives, before the cap, and
+   * with `null` at the end of each stream: for a caller that follows the
+   * output live (the tests split it into lines).
+   */
+  onOutput?: (stream: "stdout" | "stderr", chunk: Uint8Array | null) => void;
 }
 
 /** Environment for programs under test: unbuffered UTF-8 Python, no colours, no backtraces. */
@@ -97,8 +103,13 @@ class Collected {
  *
  * @example
  * ```ts
- * await using program = ProgramProcess.spawn({ command: "python3 TCPServer.py" });
- * await program.waitUntil(() => program.stdoutText().includes("ready"), 5000);
+ * import assert from "node:assert/strict";
+ *
+ * await using program = ProgramProcess.spawn({ command: "echo ready; sleep 30" });
+ * assert.ok(await program.waitUntil(() => program.stdoutText().includes("ready"), 5000));
+ * assert.ok(program.running);
+ * await program.stop(); // kills the shell and its sleep
+ * assert.equal(program.describeExit(), "was killed by SIGKILL");
  * ```
  */
 export class ProgramProcess implements AsyncDisposable {
@@ -118,15 +129,21 @@ export class ProgramProcess implements AsyncDisposable {
   #changed = Promise.withResolvers<void>();
   #stopped = false;
 
-  private constructor(command: string, child: Deno.ChildProcess, ownGroup: boolean) {
+  private constructor(
+    command: string,
+    child: Deno.ChildProcess,
+    { ownGroup, onOutput }: { ownGroup: boolean; onOutput?: SpawnOptions["onOutput"] },
+  ) {
     this.command = command;
     this.#child = child;
     this.#ownGroup = ownGroup;
     this.pid = child.pid;
     LIVE_GROUPS.add(this);
+    const follow = (stream: "stdout" | "stderr") =>
+      onOutput && ((chunk: Uint8Array | null) => onOutput(stream, chunk));
     this.#pumps = Promise.all([
-      this.#pump(child.stdout, this.#stdout),
-      this.#pump(child.stderr, this.#stderr),
+      this.#pump(child.stdout, this.#stdout, follow("stdout")),
+      this.#pump(child.stderr, this.#stderr, follow("stderr")),
     ]).then(() => {});
     this.exited = child.status.then((status) => {
       this.#status = status;
@@ -140,7 +157,7 @@ export class ProgramProcess implements AsyncDisposable {
    * without it, in Deno's group, and only the shell can be killed).
    */
   static spawn(options: SpawnOptions): ProgramProcess {
-    const { command, cwd, input } = options;
+    const { command, cwd, input, onOutput } = options;
     const spawnWith = (program: string, args: string[]) =>
       new Deno.Command(program, {
         args,
@@ -159,7 +176,7 @@ export class ProgramProcess implements AsyncDisposable {
       child = spawnWith("sh", ["-c", command]);
       ownGroup = false;
     }
-    const program = new ProgramProcess(command, child, ownGroup);
+    const program = new ProgramProcess(command, child, { ownGroup, onOutput });
     if (input !== undefined) program.#feed(input);
     return program;
   }
@@ -174,19 +191,25 @@ export class ProgramProcess implements AsyncDisposable {
     }
   }
 
-  async #pump(stream: ReadableStream<Uint8Array>, into: Collected) {
+  async #pump(
+    stream: ReadableStream<Uint8Array>,
+    into: Collected,
+    follow?: (chunk: Uint8Array | null) => void,
+  ) {
     const reader = stream.getReader();
     this.#readers.push(reader);
     try {
       for (;;) {
         const { done, value } = await reader.read();
         if (done) break;
+        follow?.(value);
         into.push(value);
         this.#notify();
       }
     } catch {
       // Cancelled by stop(): a process outside the group kept the pipe open.
     } finally {
+      follow?.(null);
       this.#notify();
     }
   }
@@ -246,11 +269,15 @@ export class ProgramProcess implements AsyncDisposable {
     }
   }
 
-  /** Sends SIGKILL to the whole process group (or to the shell, without setsid). */
-  kill() {
+  /**
+   * Sends `signal` (default SIGKILL) to the whole process group (or to the
+   * shell alone, without setsid). A command line that starts with `exec`
+   * makes the program itself the leader, and the only member of the group.
+   */
+  kill(signal: Deno.Signal = "SIGKILL") {
     try {
-      if (this.#ownGroup) Deno.kill(-this.pid, "SIGKILL");
-      else this.#child.kill("SIGKILL");
+      if (this.#ownGroup) Deno.kill(-this.pid, signal);
+      else this.#child.kill(signal);
     } catch {
       // The group is already gone.
     }
@@ -327,7 +354,11 @@ export class ProgramProcess implements AsyncDisposable {
  *
  * @example
  * ```ts
- * shellQuote("/path with spaces/deno"); // "'/path with spaces/deno'"
+ * import assert from "node:assert/strict";
+ *
+ * assert.equal(shellQuote("/path with spaces/deno"), "'/path with spaces/deno'");
+ * assert.equal(shellQuote("it's"), "'it'\\''s'");
+ * assert.equal(shellQuote("plain.py"), "plain.py");
  * ```
  */
 export function shellQuote(text: string): string {

@@ -6,7 +6,14 @@
  *
  * @module
  */
-import { type Address, bindUdpLoopback, listenTcpLoopback, ResettingConn, sleep } from "./net.ts";
+import {
+  type Address,
+  bindUdpLoopback,
+  listenTcpLoopback,
+  ResettingConn,
+  sleep,
+  writeAll,
+} from "./net.ts";
 
 /** A running middleman; `close()` stops it and waits for every task to end. */
 export interface Middleman {
@@ -19,6 +26,7 @@ export interface Middleman {
    * connections that sent bytes (silent TCP server), or datagrams received.
    */
   requests(): number;
+  /** Stops it and closes every socket it opened. */
   close(): Promise<void>;
 }
 
@@ -55,8 +63,19 @@ function closeQuietly(resource: { close(): void }) {
  *
  * @example
  * ```ts
- * const proxy = await startSplitProxy({ port: 0, target: { hostname: "127.0.0.1", port: 12000 } });
- * // connect to proxy.port ...
+ * import assert from "node:assert/strict";
+ *
+ * import { tcpRequest } from "./net.ts";
+ * import { startReferenceServer } from "./reference.ts";
+ *
+ * await using server = startReferenceServer("tcp", 0);
+ * const proxy = await startSplitProxy({ port: 0, target: { hostname: "127.0.0.1", port: server.port } });
+ * const outcome = await tcpRequest({
+ *   address: { hostname: "127.0.0.1", port: proxy.port },
+ *   chunks: [new TextEncoder().encode("abc")],
+ *   ms: 3000,
+ * });
+ * assert.equal(new TextDecoder().decode(outcome.data), "ABC"); // delivered one byte at a time
  * await proxy.close();
  * ```
  */
@@ -168,10 +187,7 @@ function denoEnd(conn: Deno.TcpConn): StreamEnd {
       const n = await conn.read(buffer);
       return n === null ? null : buffer.slice(0, n);
     },
-    write: async (data) => {
-      let written = 0;
-      while (written < data.length) written += await conn.write(data.subarray(written));
-    },
+    write: (data) => writeAll(conn, data),
     closeWrite: () => conn.closeWrite(),
   };
 }
@@ -182,8 +198,12 @@ function denoEnd(conn: Deno.TcpConn): StreamEnd {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
+ *
  * const random = seededRandom(42);
- * random(); // a number in [0, 1), the same on every run
+ * const first = random();
+ * assert.ok(first >= 0 && first < 1);
+ * assert.equal(seededRandom(42)(), first); // the same on every run
  * ```
  */
 export function seededRandom(seed: number): () => number {
@@ -219,9 +239,25 @@ const MAX_DATAGRAMS = 200;
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
+ *
+ * import { udpRequest } from "./net.ts";
+ * import { startReferenceServer } from "./reference.ts";
+ *
+ * await using server = startReferenceServer("udp", 0);
  * const proxy = await startLossyUdpProxy({
- *   port: 0, target: { hostname: "127.0.0.1", port: 12000 }, seed: 7, lossRate: 0.3,
+ *   port: 0,
+ *   target: { hostname: "127.0.0.1", port: server.port },
+ *   seed: 7,
+ *   lossRate: 0,
  * });
+ * const address = { hostname: "127.0.0.1", port: proxy.port };
+ * const data = new TextEncoder().encode("hi");
+ * // The first datagram is always lost: a client must send again.
+ * assert.equal((await udpRequest({ address, data, ms: 100 })).end, "timeout");
+ * const retry = await udpRequest({ address, data, ms: 2000 });
+ * assert.equal(new TextDecoder().decode(retry.reply), "HI");
+ * assert.equal(proxy.requests(), 2);
  * await proxy.close();
  * ```
  */
@@ -281,7 +317,18 @@ export function startLossyUdpProxy(options: LossyUdpProxyOptions): Promise<Middl
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
+ *
+ * import { tcpRequest } from "./net.ts";
+ *
  * const stub = await startSilentTcpServer(0);
+ * const outcome = await tcpRequest({
+ *   address: { hostname: "127.0.0.1", port: stub.port },
+ *   chunks: [new TextEncoder().encode("anyone?")],
+ *   ms: 300,
+ * });
+ * assert.equal(outcome.end, "timeout");
+ * assert.equal(outcome.data.length, 0);
  * await stub.close();
  * ```
  */
@@ -340,7 +387,15 @@ export function startSilentTcpServer(port: number): Promise<Middleman> {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
+ *
+ * import { udpRequest } from "./net.ts";
+ *
  * const stub = await startSilentUdpServer(0);
+ * const address = { hostname: "127.0.0.1", port: stub.port };
+ * const outcome = await udpRequest({ address, data: new TextEncoder().encode("hi"), ms: 200 });
+ * assert.equal(outcome.end, "timeout");
+ * assert.equal(stub.requests(), 1);
  * await stub.close();
  * ```
  */

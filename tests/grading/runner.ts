@@ -53,10 +53,13 @@ import {
 
 /** The outcome of one check. */
 export interface CheckResult {
+  /** The role checked. */
   role: Role;
+  /** The check. */
   id: CheckId;
   /** "TCP server: basic ASCII sentence". */
   name: string;
+  /** Whether the check passed (false for a void grade too). */
   passed: boolean;
   /**
    * The grade cannot be trusted, whatever the submission does (its fixed
@@ -65,6 +68,7 @@ export interface CheckResult {
   void?: boolean;
   /** Why it passed, or why it failed (with a diff, the program's output and a hint). */
   output: string;
+  /** Milliseconds the check took. */
   ms: number;
 }
 
@@ -74,10 +78,15 @@ export interface CheckResult {
  *
  * @example
  * ```ts
- * throw new VoidGrade("port 12000 (TCP) is taken by another program: nc -l 12000 (pid 7)");
+ * import assert from "node:assert/strict";
+ *
+ * const grade = new VoidGrade("port 12000 (TCP) is taken by another program: nc -l 12000 (pid 7)");
+ * assert.ok(grade instanceof Error);
+ * assert.equal(grade.name, "VoidGrade");
  * ```
  */
 export class VoidGrade extends Error {
+  /** `message`: why the grade cannot be trusted. */
   constructor(message: string) {
     super(message);
     this.name = "VoidGrade";
@@ -97,7 +106,9 @@ interface RunningServer {
 
 /** Options for {@linkcode RoleRunner}. */
 export interface RoleRunnerOptions {
+  /** The role to check. */
   role: Role;
+  /** Templates, ports and deadlines. */
   config: GradeConfig;
 }
 
@@ -108,15 +119,20 @@ const ELSEWHERE_MS = 500;
  * Runs the checks of one role against the program its template names.
  *
  * @example
- * ```ts
+ * ```ts ignore
+ * // ignore: it runs a program under test through every check (seconds);
+ * // tests/conformance_test.ts and tests/grading_meta_test.ts do.
  * const runner = new RoleRunner({ role: "tcp_server", config: loadConfig() });
  * for (const check of runner.checks) console.log((await runner.run(check)).passed);
  * await runner.close();
  * ```
  */
 export class RoleRunner implements AsyncDisposable {
+  /** The role checked. */
   readonly role: Role;
+  /** The command template of the program under test. */
   readonly template: string;
+  /** The role's transport. */
   readonly transport: "tcp" | "udp";
   /** Whether one server process serves every check (its template has no {port}). */
   readonly shared: boolean;
@@ -135,6 +151,7 @@ export class RoleRunner implements AsyncDisposable {
   /** Why the grade is void, once it is: later checks are not run. */
   #voided: string | undefined;
 
+  /** Prepares the checks; starts nothing yet. */
   constructor(options: RoleRunnerOptions) {
     const { role, config } = options;
     this.role = role;
@@ -215,6 +232,7 @@ export class RoleRunner implements AsyncDisposable {
     server.reserved?.[Symbol.dispose]();
   }
 
+  /** Same as close(). */
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
   }
@@ -580,7 +598,8 @@ function describeSockets(sockets: SocketEntry[]): string {
  * the run: the grade as a whole is void.
  *
  * @example
- * ```ts
+ * ```ts ignore
+ * // ignore: it grades all four roles (about a minute); deno task grade does.
  * const results = await runRoles(loadConfig());
  * console.log(results.filter((r) => r.passed).length);
  * ```

@@ -20,9 +20,11 @@
 
 /** A socket from the kernel's tables. */
 export interface SocketEntry {
+  /** Which table it comes from. */
   transport: "tcp" | "udp";
   /** The local address, e.g. "127.0.0.1", "0.0.0.0", "::", "::ffff:127.0.0.1". */
   address: string;
+  /** The local port. */
   port: number;
   /** "listen" (TCP), "bound" (UDP, not connected), "time_wait", or another TCP state. */
   state: string;
@@ -32,6 +34,7 @@ export interface SocketEntry {
 
 /** A process that holds a socket. */
 export interface SocketOwner {
+  /** Its process id. */
   pid: number;
   /** Its command line, arguments separated by spaces. */
   command: string;
@@ -133,8 +136,14 @@ async function runScript(script: string, args: string[]): Promise<string | undef
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
+ *
+ * import { ProgramProcess } from "./process.ts";
+ *
+ * await using program = ProgramProcess.spawn({ command: "sleep 30" });
  * const sockets = await programSockets(program.pid);
- * const listening = sockets?.filter((s) => s.state === "listen");
+ * // undefined outside Linux; else the sockets of the program's group: none here.
+ * assert.ok(sockets === undefined || sockets.length === 0);
  * ```
  */
 export async function programSockets(sessionId: number): Promise<SocketEntry[] | undefined> {
@@ -150,7 +159,13 @@ export async function programSockets(sessionId: number): Promise<SocketEntry[] |
  *
  * @example
  * ```ts
- * const listening = (await portSockets("tcp", 12000))?.some((s) => s.state === "listen");
+ * import assert from "node:assert/strict";
+ *
+ * const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+ * const sockets = await portSockets("tcp", listener.addr.port);
+ * // undefined outside Linux (no socket tables to read)
+ * assert.ok(sockets === undefined || sockets.some((s) => s.state === "listen"));
+ * listener.close();
  * ```
  */
 export async function portSockets(
@@ -174,8 +189,13 @@ function hexPort(port: number): string {
  *
  * @example
  * ```ts
- * const holders = await portHolders("tcp", 12000);
- * for (const owner of holders?.owners ?? []) console.log(owner.pid, owner.command);
+ * import assert from "node:assert/strict";
+ *
+ * const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+ * const holders = await portHolders("tcp", listener.addr.port);
+ * // undefined outside Linux; else this process holds the port
+ * assert.ok(holders === undefined || holders.owners.some((owner) => owner.pid === Deno.pid));
+ * listener.close();
  * ```
  */
 export async function portHolders(
@@ -228,8 +248,10 @@ function parseEntry(line: string): SocketEntry | undefined {
  *
  * @example
  * ```ts
- * decodeAddress("0100007F"); // "127.0.0.1"
- * decodeAddress("00000000000000000000000001000000"); // "::1"
+ * import assert from "node:assert/strict";
+ *
+ * assert.equal(decodeAddress("0100007F"), "127.0.0.1");
+ * assert.equal(decodeAddress("00000000000000000000000001000000"), "::1");
  * ```
  */
 export function decodeAddress(hex: string): string {
@@ -261,9 +283,11 @@ export function decodeAddress(hex: string): string {
  *
  * @example
  * ```ts
- * loopbackFor("0.0.0.0"); // "127.0.0.1"
- * loopbackFor("::"); // "::1"
- * loopbackFor("192.168.1.20"); // undefined
+ * import assert from "node:assert/strict";
+ *
+ * assert.equal(loopbackFor("0.0.0.0"), "127.0.0.1");
+ * assert.equal(loopbackFor("::"), "::1");
+ * assert.equal(loopbackFor("192.168.1.20"), undefined);
  * ```
  */
 export function loopbackFor(address: string): string | undefined {
@@ -279,7 +303,9 @@ export function loopbackFor(address: string): string | undefined {
  *
  * @example
  * ```ts
- * describeOwners([{ pid: 7, command: "nc -l 12000" }]); // "nc -l 12000 (pid 7)"
+ * import assert from "node:assert/strict";
+ *
+ * assert.equal(describeOwners([{ pid: 7, command: "nc -l 12000" }]), "nc -l 12000 (pid 7)");
  * ```
  */
 export function describeOwners(owners: SocketOwner[]): string {

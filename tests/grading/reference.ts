@@ -1,0 +1,159 @@
+/**
+ * The kit's own reference servers, which the client checks run a student's
+ * client against: the textbook's uppercase server over TCP and over UDP,
+ * done right (every byte read, UTF-8 decoded across reads, every byte
+ * written) and nothing more. The kit carries its own, so that it stands on
+ * its own: it does not depend on this project's programs, which may change
+ * for reasons of their own (logging, limits, signals).
+ *
+ * Both listen on 127.0.0.1 and ::1 (and, on a fixed port, on the other
+ * loopback addresses that clients hard-code), count what reached them, and
+ * close every socket when closed.
+ *
+ * @module
+ */
+
+import { bindUdpLoopback, listenTcpLoopback, writeAll } from "./net.ts";
+
+/** A reference server, running until closed. */
+export interface ReferenceServer extends AsyncDisposable {
+  /** The port it listens on (the one asked for, or the one the system picked for 0). */
+  port: number;
+  /** How many connections (TCP) or datagrams (UDP) reached it: 0 means no client did. */
+  traffic(): number;
+  /** Closes the listeners and every connection, and waits until all is closed. */
+  close(): Promise<void>;
+}
+
+/**
+ * Starts the reference uppercase server for `transport` on `port` (0: any
+ * free port) on the loopback addresses.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { tcpRequest } from "./net.ts";
+ *
+ * await using server = startReferenceServer("tcp", 0);
+ * const outcome = await tcpRequest({
+ *   address: { hostname: "127.0.0.1", port: server.port },
+ *   chunks: [new TextEncoder().encode("straße")],
+ *   ms: 2000,
+ * });
+ * assert.equal(new TextDecoder().decode(outcome.data), "STRASSE");
+ * assert.equal(server.traffic(), 1);
+ * ```
+ */
+export function startReferenceServer(transport: "tcp" | "udp", port: number): ReferenceServer {
+  return transport === "tcp" ? startTcp(port) : startUdp(port);
+}
+
+/** Decodes UTF-8 as Python's decode() does: keeps a leading BOM, invalid bytes become U+FFFD. */
+function utf8Decoder(): TextDecoder {
+  return new TextDecoder("utf-8", { ignoreBOM: true });
+}
+
+const encoder = new TextEncoder();
+
+function startTcp(port: number): ReferenceServer {
+  const listeners = listenTcpLoopback(port);
+  const conns = new Set<Deno.Conn>();
+  const tasks = new Set<Promise<void>>();
+  let accepted = 0;
+  let closing = false;
+
+  /** sentence = recv(); send(sentence.upper()); until the client half-closes; close(). */
+  async function serve(conn: Deno.Conn) {
+    const decoder = utf8Decoder();
+    const buffer = new Uint8Array(64 * 1024);
+    try {
+      for (let n = await conn.read(buffer); n !== null; n = await conn.read(buffer)) {
+        const text = decoder.decode(buffer.subarray(0, n), { stream: true });
+        await writeAll(conn, encoder.encode(text.toUpperCase()));
+      }
+      await writeAll(conn, encoder.encode(decoder.decode().toUpperCase()));
+    } catch {
+      // A reset, a client gone, or our own close: this connection only.
+    } finally {
+      conns.delete(conn);
+      closeQuietly(conn);
+    }
+  }
+
+  async function acceptLoop(listener: Deno.Listener) {
+    for (;;) {
+      let conn: Deno.Conn;
+      try {
+        conn = await listener.accept();
+      } catch {
+        if (closing) return;
+        continue; // a client that reset before accept(): its own failure only
+      }
+      accepted++;
+      conns.add(conn);
+      const task = serve(conn);
+      tasks.add(task);
+      task.finally(() => tasks.delete(task));
+    }
+  }
+
+  const loops = listeners.map(acceptLoop);
+  const close = async () => {
+    closing = true;
+    for (const listener of listeners) closeQuietly(listener);
+    for (const conn of conns) closeQuietly(conn);
+    await Promise.all(loops);
+    await Promise.all(tasks);
+  };
+  return {
+    port: (listeners[0].addr as Deno.NetAddr).port,
+    traffic: () => accepted,
+    close,
+    [Symbol.asyncDispose]: close,
+  };
+}
+
+function startUdp(port: number): ReferenceServer {
+  const sockets = bindUdpLoopback(port);
+  let received = 0;
+
+  /** message, clientAddress = recvfrom(); sendto(message.upper(), clientAddress). */
+  async function serve(socket: Deno.DatagramConn) {
+    for (;;) {
+      let message: Uint8Array;
+      let clientAddress: Deno.Addr;
+      try {
+        [message, clientAddress] = await socket.receive(new Uint8Array(65536));
+      } catch {
+        return; // closed
+      }
+      received++;
+      const reply = encoder.encode(utf8Decoder().decode(message).toUpperCase());
+      try {
+        await socket.send(reply, clientAddress);
+      } catch {
+        // Too long for one datagram, or the client is gone: its own failure.
+      }
+    }
+  }
+
+  const loops = sockets.map(serve);
+  const close = async () => {
+    for (const socket of sockets) closeQuietly(socket);
+    await Promise.all(loops);
+  };
+  return {
+    port: (sockets[0].addr as Deno.NetAddr).port,
+    traffic: () => received,
+    close,
+    [Symbol.asyncDispose]: close,
+  };
+}
+
+function closeQuietly(resource: { close(): void }) {
+  try {
+    resource.close();
+  } catch {
+    // Already closed.
+  }
+}
