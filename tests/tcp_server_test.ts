@@ -25,6 +25,7 @@ import {
   withServer,
   writeAll,
 } from "./helpers.ts";
+import { expectedText } from "./grading/compare.ts";
 
 /** Sends `request` (optionally in several chunks) and checks the exact reply. */
 async function checkReply(port: number, chunks: Uint8Array[], gapMs = 0) {
@@ -39,19 +40,20 @@ Deno.test({
   permissions: NET,
   fn: () =>
     withServer(startTcpServer, {}, async (port) => {
-      const reply = await checkReply(port, [utf8("hello, World! 123")]);
-      assert.equal(new TextDecoder().decode(reply), "HELLO, WORLD! 123");
+      await checkReply(port, [utf8("hello, World! 123")]);
     }),
 });
 
+// The golden test: the one place that pins the service itself, with a
+// literal reply. Every other test derives its expectation from expectedReply().
 Deno.test({
   name: "tcp server: multibyte UTF-8 (ä € 😀 ß -> SS, ΐ grows 2 -> 6 bytes)",
   permissions: NET,
   fn: () =>
     withServer(startTcpServer, {}, async (port) => {
-      const reply = await checkReply(port, [utf8("ä € 😀 ß \u0390")]);
+      const reply = await checkReply(port, [utf8("hello ä € 😀 ß \u0390")]);
       // ΐ (U+0390, 2 bytes) uppercases to three code points, 6 bytes.
-      assert.equal(new TextDecoder().decode(reply), "Ä € 😀 SS \u0399\u0308\u0301");
+      assert.equal(new TextDecoder().decode(reply), "HELLO Ä € 😀 SS \u0399\u0308\u0301");
     }),
 });
 
@@ -62,8 +64,9 @@ Deno.test({
     withServer(startTcpServer, {}, async (port) => {
       const euro = utf8("€"); // e2 82 ac
       // The gap makes the halves arrive in separate reads on the server.
-      const reply = await checkReply(port, [utf8("a"), euro.subarray(0, 1), euro.subarray(1)], 50);
-      assert.equal(new TextDecoder().decode(reply), "A€");
+      // checkReply compares with expectedReply() of the whole request: a
+      // character broken at the split would show as U+FFFD.
+      await checkReply(port, [utf8("a"), euro.subarray(0, 1), euro.subarray(1)], 50);
     }),
 });
 
@@ -72,8 +75,8 @@ Deno.test({
   permissions: NET,
   fn: () =>
     withServer(startTcpServer, {}, async (port) => {
-      const reply = await checkReply(port, [new Uint8Array([0x61, 0xff, 0xfe, 0x62, 0xc3])]);
-      assert.equal(new TextDecoder().decode(reply), "A\uFFFD\uFFFDB\uFFFD");
+      // expectedReply() decodes each invalid byte as U+FFFD, as the server must.
+      await checkReply(port, [new Uint8Array([0x61, 0xff, 0xfe, 0x62, 0xc3])]);
       await checkReply(port, [utf8("still here")]);
     }),
 });
@@ -94,8 +97,9 @@ Deno.test({
   fn: () =>
     withServer(startTcpServer, {}, async (port) => {
       const line = "the quick brown fox jumps over the lazy dog ä€😀 ".repeat(2000);
-      const reply = await checkReply(port, [utf8(line)]);
-      assert.ok(reply.length > 100_000);
+      const request = utf8(line);
+      assert.ok(request.length > 100_000);
+      await checkReply(port, [request]);
     }),
 });
 
@@ -165,10 +169,12 @@ Deno.test({
   permissions: NET,
   fn: () =>
     withServer(startTcpServer, {}, async (port, log) => {
-      await checkReply(port, [utf8("ß")]);
+      const request = utf8("ß");
+      await checkReply(port, [request]);
       // The line is written when the server closes, just before or after our read ends.
       await waitUntil(() => log.length > 0, 2000, () => "the log line");
-      assert.match(log[0], /^Served 127\.0\.0\.1:\d+: 2 bytes in, 2 bytes out$/);
+      const counts = `${request.length} bytes in, ${expectedReply(request).length} bytes out`;
+      assert.match(log[0], new RegExp(`^Served 127\\.0\\.0\\.1:\\d+: ${counts}$`));
       assert.equal(log.length, 1);
     }),
 });
@@ -199,9 +205,11 @@ Deno.test({
       const newer = await Deno.connect({ hostname: "127.0.0.1", port });
       try {
         // Each sends a byte and reads its echo: both are served, `older` first.
+        const a = utf8("a");
+        const reply = expectedReply(a);
         for (const conn of [older, newer]) {
-          await writeAll(conn, utf8("a"));
-          assert.equal((await withDeadline(readExactly(conn, 1), 2000, "the echo"))[0], 0x41);
+          await writeAll(conn, a);
+          assertBytes(await withDeadline(readExactly(conn, reply.length), 2000, "the echo"), reply);
           await new Promise((r) => setTimeout(r, 5)); // a later clock tick for `newer`
         }
         // A third client is served at once, in the place of `older`.
@@ -210,7 +218,7 @@ Deno.test({
         // `newer` keeps its place and finishes its exchange.
         await writeAll(newer, utf8("b"));
         await newer.closeWrite();
-        assert.equal(new TextDecoder().decode(await readToEnd(newer)), "B");
+        assertBytes(await readToEnd(newer), expectedReply(utf8("b")));
         assert.match(
           log.join("\n"),
           /\(evicted at --max-connections 2: the least recently active\)/,
@@ -229,7 +237,7 @@ Deno.test({
     withServer(startTcpServer, { hostname: "localhost" }, async (port) => {
       await checkReply(port, [utf8("v4")]);
       const reply = await tcpExchange({ hostname: "::1", port, chunks: [utf8("v6")] });
-      assertBytes(reply, utf8("V6"));
+      assertBytes(reply, expectedReply(utf8("v6")));
     }),
 });
 
@@ -243,16 +251,18 @@ Deno.test({
     const idle = await Deno.connect({ hostname: "127.0.0.1", port });
     const busy = await Deno.connect({ hostname: "127.0.0.1", port });
     try {
-      await busy.write(utf8("first half, "));
-      const replyStart = new Uint8Array(12);
+      const firstHalf = utf8("first half, ");
+      await busy.write(firstHalf);
+      const replyStart = new Uint8Array(expectedReply(firstHalf).length);
       await withDeadline(
         (async () => {
           let got = 0;
-          while (got < 12) got += (await busy.read(replyStart.subarray(got)))!;
+          while (got < replyStart.length) got += (await busy.read(replyStart.subarray(got)))!;
         })(),
         2000,
         "the first half of the reply",
       );
+      assertBytes(replyStart, expectedReply(firstHalf), "the first half of the reply");
       controller.abort(); // shutdown begins mid-exchange
       // The idle connection (nothing sent) is closed at once.
       assert.equal((await withDeadline(readToEnd(idle), 2000, "idle close")).length, 0);
@@ -260,10 +270,11 @@ Deno.test({
       // closed listener in the background, so a connect at once may still land.)
       await refusedWithin(port, 2000);
       // The busy client still finishes its exchange.
-      await busy.write(utf8("second half"));
+      const secondHalf = utf8("second half");
+      await busy.write(secondHalf);
       await busy.closeWrite();
       const rest = await withDeadline(readToEnd(busy), 2000, "the rest of the reply");
-      assert.equal(new TextDecoder().decode(rest), "SECOND HALF");
+      assertBytes(rest, expectedReply(secondHalf), "the rest of the reply");
       await withDeadline(server.finished, 2000, "server.finished");
     } finally {
       idle.close();
@@ -282,8 +293,10 @@ Deno.test({
     const ready = await server.waitForLine(/^The server is ready to receive on (.+)$/);
     assert.match(ready[1], /^127\.0\.0\.1:(\d+) and \[::1\]:\1$/);
     const port = await server.readyPort();
-    await checkReply(port, [utf8("hello from a subprocess test")]);
-    await server.waitForLine(/^Served 127\.0\.0\.1:\d+: 28 bytes in, 28 bytes out$/);
+    const request = utf8("hello from a subprocess test");
+    await checkReply(port, [request]);
+    const counts = `${request.length} bytes in, ${expectedReply(request).length} bytes out`;
+    await server.waitForLine(new RegExp(`^Served 127\\.0\\.0\\.1:\\d+: ${counts}$`));
     server.kill("SIGTERM");
     const { code, stdout } = await server.finish();
     assert.equal(code, 0);
@@ -584,8 +597,9 @@ async function underSlowloris(addresses: string[], perAddress: number, target: T
     let worstMs = 0;
     for (let i = 0; i < 10; i++) {
       const started = performance.now();
-      const reply = await exchangeFrom(port, "127.0.0.200", [`good client ${i}`], { ms: 2000 });
-      if (reply === `GOOD CLIENT ${i}`) {
+      const request = `good client ${i}`;
+      const reply = await exchangeFrom(port, "127.0.0.200", [request], { ms: 2000 });
+      if (reply === expectedText(request)) {
         served++;
         worstMs = Math.max(worstMs, performance.now() - started);
       }
@@ -828,8 +842,11 @@ async function twoSignals(first: Deno.Signal, second: Deno.Signal | undefined, g
   const port = await server.readyPort();
   const busy = await Deno.connect({ hostname: "127.0.0.1", port });
   try {
-    await writeAll(busy, utf8("in flight"));
-    await withDeadline(readExactly(busy, 9), 2000, "the echo of the exchange in flight");
+    const request = utf8("in flight");
+    const reply = expectedReply(request);
+    await writeAll(busy, request);
+    const echo = readExactly(busy, reply.length);
+    assertBytes(await withDeadline(echo, 2000, "the echo of the exchange in flight"), reply);
     server.kill(first);
     if (second) {
       await new Promise((r) => setTimeout(r, gapMs));

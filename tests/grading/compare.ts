@@ -23,6 +23,23 @@ export function expectedReply(input: Uint8Array): Uint8Array {
   return new TextEncoder().encode(text.toUpperCase());
 }
 
+/**
+ * {@linkcode expectedReply} for a sentence given as text: the reply a client
+ * prints. The tests derive every expected reply from these two functions, so
+ * a change of service is made here.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { expectedText } from "./compare.ts";
+ *
+ * assert.equal(expectedText("straße"), "STRASSE");
+ * ```
+ */
+export function expectedText(sentence: string): string {
+  return new TextDecoder().decode(expectedReply(new TextEncoder().encode(sentence)));
+}
+
 /** UTF-8 bytes of a string. */
 export function utf8(text: string): Uint8Array {
   return new TextEncoder().encode(text);
