@@ -81,10 +81,14 @@ async function serveDatagrams(serverSocket: Deno.DatagramConn, server: ServerSta
   // recvfrom(2048) silently cuts longer datagrams: this buffer holds the largest.
   const buffer = new Uint8Array(65536);
   while (!server.stopping) {
-    // message, clientAddress = serverSocket.recvfrom(2048)
-    const received = await serverSocket.receive(buffer).catch((e) => receiveFailed(e, server));
-    if (received === undefined) continue; // logged: the server lives on
-    const [message, clientAddress] = received as [Uint8Array, Deno.NetAddr];
+    let message: Uint8Array, clientAddress: Deno.NetAddr;
+    try {
+      // message, clientAddress = serverSocket.recvfrom(2048)
+      [message, clientAddress] = await serverSocket.receive(buffer) as [Uint8Array, Deno.NetAddr];
+    } catch (error) {
+      await receiveFailed(error, server); // logged: the server lives on
+      continue;
+    }
     // modifiedMessage = message.decode().upper()
     const modifiedMessage = upper(decode(message));
     // serverSocket.sendto(modifiedMessage.encode(), clientAddress)
@@ -237,15 +241,14 @@ function stopWhenAborted(
 // --- Receiving -----------------------------------------------------------------
 
 /**
- * Resolves to undefined after a failed receive: at once when the server is
- * stopping (it closed the socket itself), else after a log line and a pause.
+ * After a failed receive: nothing when the server is stopping (it closed the
+ * socket itself); otherwise a log line, and a short pause before the next.
  */
-async function receiveFailed(error: unknown, server: ServerState): Promise<undefined> {
-  if (server.stopping) return undefined;
+async function receiveFailed(error: unknown, server: ServerState) {
+  if (server.stopping) return;
   // One bad datagram or an ICMP error report must not stop the server.
   server.logs?.line("failed", `Could not receive a datagram: ${describe(error)}`);
   await new Promise((resolve) => setTimeout(resolve, 10)); // never spin
-  return undefined;
 }
 
 /** Each datagram is a whole message, decoded on its own. */
