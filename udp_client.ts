@@ -10,10 +10,10 @@
  * printf 'one\ntwo\n' | deno run --allow-net udp_client.ts
  * ```
  *
- * The first part of this file is the textbook's UDPClient.py, line for line;
- * the second part is what "good code" adds: UDP loses datagrams and never
- * says so, so the client waits with a timeout, tries again, and gives up with
- * a clear message. It only accepts replies from the server's address.
+ * Part 1 of this file is the textbook's UDPClient.py in code, step by step.
+ * Part 2 is what "good code" adds: UDP loses datagrams and never says so, so
+ * the client waits with a timeout, tries again, and gives up with a clear
+ * message. It only accepts replies from the server's address.
  *
  * @module
  */
@@ -22,86 +22,77 @@ import { createInterface } from "node:readline";
 import { lookup } from "node:dns/promises";
 import process from "node:process";
 
-/** The textbook's port. */
+// ===========================================================================
+// Part 1: the textbook's UDPClient.py, in Deno. Read it top to bottom; each
+// step quotes the Python line it stands for. What it calls from Part 2 is the
+// "good code" the textbook leaves out: skip that on a first reading.
+// ===========================================================================
+
+/** The textbook's port: `serverPort = 12000`. */
 export const DEFAULT_PORT = 12000;
 
-// ===========================================================================
-// Part 1: the textbook flow
-//
-//   UDPClient.py                                 this file
-//   clientSocket = socket(AF_INET, SOCK_DGRAM)   Deno.listenDatagram({ port: 0 })
-//   message = input('Input lowercase sentence:') prompt(...) in main()
-//   clientSocket.sendto(message.encode(),        await clientSocket.send(
-//                       (serverName, port))          encode(message), server)
-//   modifiedMessage, serverAddress =             await receiveFrom(clientSocket,
-//       clientSocket.recvfrom(2048)                  server, timeout)
-//   print(modifiedMessage.decode())              console.log(decode(...))
-//   clientSocket.close()                         clientSocket.close()
-// ===========================================================================
-
-/** Options for {@linkcode exchangeUdp}. */
-export interface UdpExchangeOptions {
-  /** Server name or address; `localhost` tries 127.0.0.1, then ::1. */
-  hostname: string;
-  /** Server port. */
-  port: number;
-  /** The sentence to send. */
-  message: string;
-  /** Seconds to wait for a reply before trying again. Default 1. */
-  timeout?: number;
-  /** How many times to send before giving up. Default 3. */
-  tries?: number;
-}
-
 /**
- * Sends one sentence in a datagram and resolves to the reply; retries on
- * silence and throws a {@linkcode NoReplyError} after the last try.
- *
- * @example
- * ```ts
- * const reply = await exchangeUdp({ hostname: "localhost", port: 12000, message: "hi" });
- * console.log(reply); // HI
- * ```
+ * Sends one sentence in a datagram and resolves to the reply; tries again
+ * after `timeout` seconds of silence, and throws a {@linkcode NoReplyError}
+ * after the last try (example: {@linkcode UdpExchangeOptions}).
  */
 export async function exchangeUdp(options: UdpExchangeOptions): Promise<string> {
-  const { hostname, port, message, timeout = 1, tries = 3 } = options;
+  // serverName = 'hostname'; serverPort = 12000
+  const { hostname: serverName, port: serverPort, message, timeout = 1, tries = 3 } = options;
   requireUnstableNet();
-  const servers = (await resolve(hostname)).map((address) => ({
-    transport: "udp" as const,
-    hostname: address,
-    port,
-  }));
-  // A new socket, so a new port, for every sentence: a late reply to an
-  // earlier sentence then cannot be mistaken for the reply to this one.
+  const serverAddresses = await lookUp(serverName, serverPort); // localhost: 127.0.0.1, ::1
+  // clientSocket = socket(AF_INET, SOCK_DGRAM): a new one, so a new port, for
+  // each sentence; a late reply to an earlier sentence cannot pass for this one's.
   const clientSocket = Deno.listenDatagram({
     transport: "udp",
-    // "::" takes IPv4 and IPv6 alike (dual-stack); "0.0.0.0" is IPv4 only.
-    hostname: servers.some((s) => s.hostname.includes(":")) ? "::" : "0.0.0.0",
-    port: 0,
+    hostname: anyAddressFor(serverAddresses), // "0.0.0.0", or "::" for IPv6 too
+    port: 0, // any free port
   });
-  const waiter = new ReplyWaiter(clientSocket, servers);
-  const data = new TextEncoder().encode(message);
+  const replies = new ReplyWaiter(clientSocket, serverAddresses); // the server's only
+  const data = new TextEncoder().encode(message); // message.encode()
   try {
     for (let attempt = 0; attempt < tries; attempt++) {
       // localhost: alternate between 127.0.0.1 and ::1 from one try to the next.
-      const server = servers[attempt % servers.length];
-      checkSize(data, server);
-      await clientSocket.send(data, server);
-      const modifiedMessage = await waiter.next(timeout * 1000);
-      if (modifiedMessage !== undefined) {
-        return new TextDecoder("utf-8", { ignoreBOM: true }).decode(modifiedMessage);
-      }
+      const serverAddress = serverAddresses[attempt % serverAddresses.length];
+      // clientSocket.sendto(message.encode(), (serverName, serverPort))
+      checkSize(data, serverAddress);
+      await clientSocket.send(data, serverAddress);
+      // modifiedMessage, serverAddress = clientSocket.recvfrom(2048)
+      const modifiedMessage = await replies.next(timeout * 1000); // undefined: silence
+      if (modifiedMessage !== undefined) return decode(modifiedMessage); // .decode()
     }
-    throw new NoReplyError(hostname, port, tries);
+    throw new NoReplyError(serverName, serverPort, tries);
   } finally {
+    // clientSocket.close()
     clientSocket.close(); // ends the receive() still waiting, if any
-    await waiter.done();
+    await replies.done();
   }
+}
+
+/** Runs the client from the command line and resolves to the exit code. */
+async function main(args: string[]): Promise<number> {
+  const options = readCommandLine(args); // --help and mistakes end here, with an exit code
+  if (typeof options === "number") return options;
+  // message = input('Input lowercase sentence:'), or the command line's, or piped lines
+  for await (const message of sentences(options.message)) {
+    try {
+      const modifiedMessage = await exchangeUdp({ ...options, message });
+      // print(modifiedMessage.decode()): the reply alone, as the textbook prints it
+      console.log(modifiedMessage);
+    } catch (error) {
+      return exchangeFailed(error, options); // one line on stderr; exit code 2 or 1
+    }
+  }
+  return 0;
 }
 
 // ===========================================================================
 // Part 2: what good code adds
+//
+// Each function below is one step the textbook leaves out, and says why.
 // ===========================================================================
+
+// --- Replies, addresses and sizes -------------------------------------------
 
 /**
  * Waits for replies from the server with a deadline. Deno cannot cancel a
@@ -153,6 +144,12 @@ class ReplyWaiter {
   }
 }
 
+/** The server's addresses (see {@linkcode resolve}), with its port. */
+async function lookUp(serverName: string, serverPort: number): Promise<Deno.NetAddr[]> {
+  const addresses = await resolve(serverName);
+  return addresses.map((hostname) => ({ transport: "udp", hostname, port: serverPort }));
+}
+
 /**
  * The addresses to send to. `localhost` means 127.0.0.1 or ::1 depending on
  * /etc/hosts, so try both; a name is looked up like Python's sendto() does.
@@ -174,14 +171,34 @@ async function resolve(hostname: string): Promise<string[]> {
   }
 }
 
+/**
+ * The address the client's socket binds: any of this machine's. "::" takes
+ * IPv4 and IPv6 alike (dual-stack); "0.0.0.0" is IPv4 only, and is all an
+ * IPv4 server needs.
+ */
+function anyAddressFor(serverAddresses: Deno.NetAddr[]): string {
+  return serverAddresses.some((s) => s.hostname.includes(":")) ? "::" : "0.0.0.0";
+}
+
+/**
+ * Bytes to text, as Python's `decode()`: invalid bytes become U+FFFD, and a
+ * leading byte order mark is kept (ignoreBOM), not dropped.
+ */
+function decode(modifiedMessage: Uint8Array): string {
+  return new TextDecoder("utf-8", { ignoreBOM: true }).decode(modifiedMessage);
+}
+
 /** A datagram holds at most 65507 bytes over IPv4, 65527 over IPv6. */
 function checkSize(data: Uint8Array, server: Deno.NetAddr) {
   const limit = server.hostname.includes(":") ? 65527 : 65507;
   if (data.length > limit) throw new MessageTooLongError(data.length, limit);
 }
 
+// --- Errors --------------------------------------------------------------------
+
 /** The sentence does not fit in one datagram. */
 export class MessageTooLongError extends Error {
+  /** `size`: the sentence's bytes; `limit`: the most one datagram holds. */
   constructor(size: number, limit: number) {
     super(`The sentence is ${size} bytes: one UDP datagram holds at most ${limit}`);
     this.name = "MessageTooLongError";
@@ -190,6 +207,7 @@ export class MessageTooLongError extends Error {
 
 /** No reply came after every try. */
 export class NoReplyError extends Error {
+  /** The server tried, and how many times. */
   constructor(hostname: string, port: number, tries: number) {
     const where = `${hostname.includes(":") ? `[${hostname}]` : hostname}:${port}`;
     super(
@@ -202,6 +220,7 @@ export class NoReplyError extends Error {
 
 /** The server's name could not be looked up. */
 export class UnknownHostError extends Error {
+  /** `hostname`: the name that could not be looked up. */
   constructor(hostname: string) {
     super(`Unknown host "${hostname}": check the name, or use an IP address`);
     this.name = "UnknownHostError";
@@ -210,6 +229,7 @@ export class UnknownHostError extends Error {
 
 /** Thrown when Deno runs without the flag that enables UDP. */
 export class UnstableNetError extends Error {
+  /** The message says which flag to add, or where to run from. */
   constructor() {
     super(
       "UDP needs the --unstable-net flag: run deno run --allow-net --unstable-net " +
@@ -219,9 +239,41 @@ export class UnstableNetError extends Error {
   }
 }
 
+/** Throws an {@linkcode UnstableNetError} if UDP is not enabled. */
 function requireUnstableNet() {
   // Without the flag, Deno.listenDatagram is simply not there.
   if (typeof Deno.listenDatagram !== "function") throw new UnstableNetError();
+}
+
+/**
+ * Options for {@linkcode exchangeUdp}.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * // A stand-in server on a free port: it answers one datagram in uppercase.
+ * const server = Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port: 0 });
+ * const serving = server.receive().then(([data, from]) => {
+ *   const modified = new TextDecoder().decode(data).toUpperCase();
+ *   return server.send(new TextEncoder().encode(modified), from);
+ * });
+ * const port = (server.addr as Deno.NetAddr).port;
+ * assert.equal(await exchangeUdp({ hostname: "127.0.0.1", port, message: "hi" }), "HI");
+ * await serving;
+ * server.close();
+ * ```
+ */
+export interface UdpExchangeOptions {
+  /** Server name or address; `localhost` tries 127.0.0.1, then ::1. */
+  hostname: string;
+  /** Server port. */
+  port: number;
+  /** The sentence to send. */
+  message: string;
+  /** Seconds to wait for a reply before trying again. Default 1. */
+  timeout?: number;
+  /** How many times to send before giving up. Default 3. */
+  tries?: number;
 }
 
 // ===========================================================================
@@ -233,10 +285,15 @@ export class UsageError extends Error {}
 
 /** Parsed command-line options of the client. */
 export interface ClientArgs {
+  /** --help: show the usage and exit. */
   help: boolean;
+  /** --host: the server's name or address. */
   hostname: string;
+  /** --port: the server's port. */
   port: number;
+  /** --timeout: seconds to wait for each reply. */
   timeout: number;
+  /** --tries: how many times to send before giving up. */
   tries: number;
   /** The sentence from the positional arguments, or undefined to read input. */
   message: string | undefined;
@@ -268,7 +325,11 @@ Examples:
  *
  * @example
  * ```ts
- * parseClientArgs(["--tries", "5", "hi"]).tries; // 5
+ * import assert from "node:assert/strict";
+ * const options = parseClientArgs(["--tries", "5", "hello", "world"]);
+ * assert.equal(options.tries, 5);
+ * assert.equal(options.message, "hello world");
+ * assert.throws(() => parseClientArgs(["--tries", "0"]), UsageError);
  * ```
  */
 export function parseClientArgs(args: string[]): ClientArgs {
@@ -321,6 +382,43 @@ function shortParseError(error: unknown): string {
     return `Option "${option?.split(" ")[0]}" needs a value`;
   }
   return message;
+}
+
+/**
+ * The options to run with, or the exit code when there is nothing to run:
+ * 0 after --help, 2 after a mistake on the command line (said on stderr).
+ */
+function readCommandLine(args: string[]): ClientArgs | number {
+  let options: ClientArgs;
+  try {
+    options = parseClientArgs(args);
+  } catch (error) {
+    printError(`${(error as Error).message} (see --help)`);
+    return 2;
+  }
+  if (options.help) {
+    console.log(USAGE);
+    return 0;
+  }
+  return options;
+}
+
+/**
+ * Says why a sentence got no reply, in one line on stderr, and returns the
+ * exit code: 2 when the command itself must change (a permission, a flag, a
+ * sentence too long for a datagram), 1 otherwise (no reply, unknown host).
+ */
+function exchangeFailed(error: unknown, options: ClientArgs): number {
+  printError(describe(error, options));
+  const invocation = error instanceof Deno.errors.NotCapable ||
+    error instanceof UnstableNetError || error instanceof MessageTooLongError;
+  return invocation ? 2 : 1;
+}
+
+/** Writes "error: MESSAGE" on stderr. */
+function printError(message: string) {
+  // %c styles the word in a terminal; Deno drops the style when piped.
+  console.error(`%cerror%c: ${message}`, "color: red; font-weight: bold", "");
 }
 
 /** One line that says what went wrong and what to do about it. */
@@ -411,45 +509,6 @@ async function* sentences(fromArgs: string | undefined): AsyncGenerator<string> 
       lines.close();
     }
   }
-}
-
-/**
- * Runs the client from the command line and resolves to the exit code.
- *
- * @example
- * ```ts
- * const code = await main(["--port", "12000", "hello"]); // prints HELLO
- * ```
- */
-export async function main(args: string[]): Promise<number> {
-  let options: ClientArgs;
-  try {
-    options = parseClientArgs(args);
-  } catch (error) {
-    printError(`${(error as Error).message} (see --help)`);
-    return 2;
-  }
-  if (options.help) {
-    console.log(USAGE);
-    return 0;
-  }
-  for await (const message of sentences(options.message)) {
-    try {
-      const modifiedMessage = await exchangeUdp({ ...options, message });
-      console.log(modifiedMessage); // the textbook prints the reply alone
-    } catch (error) {
-      printError(describe(error, options));
-      const invocation = error instanceof Deno.errors.NotCapable ||
-        error instanceof UnstableNetError || error instanceof MessageTooLongError;
-      return invocation ? 2 : 1;
-    }
-  }
-  return 0;
-}
-
-function printError(message: string) {
-  // %c styles the word in a terminal; Deno drops the style when piped.
-  console.error(`%cerror%c: ${message}`, "color: red; font-weight: bold", "");
 }
 
 if (import.meta.main) {

@@ -12,109 +12,322 @@
  * UDP in Deno is still marked unstable: `Deno.listenDatagram` exists only with
  * `--unstable-net`, or with `"unstable": ["net"]` in deno.json.
  *
- * The first part of this file is the textbook's UDPServer.py, line for line;
- * the second part is what "good code" adds: whole datagrams of any size,
- * correct UTF-8, replies too big for a datagram dropped with a log line, both
- * loopback addresses, no endless loops with other servers (forged senders),
- * logs that a flood cannot fill and a full stdout cannot stall, clear errors
- * and a graceful shutdown.
+ * Part 1 of this file is the textbook's UDPServer.py in code, step by step;
+ * the service is one function, {@linkcode upper}. Part 2 is what "good code"
+ * adds: whole datagrams of any size, correct UTF-8, replies too big for a
+ * datagram dropped with a log line, both loopback addresses, no endless loops
+ * with other servers (forged senders), logs that a flood cannot fill and a
+ * full stdout cannot stall, clear errors and a graceful shutdown.
  *
  * @module
  */
 import { parseArgs } from "node:util";
 
-/** The textbook's port. */
+// ===========================================================================
+// Part 1: the textbook's UDPServer.py, in Deno. Read it top to bottom; each
+// step quotes the Python line it stands for. What it calls from Part 2 is the
+// "good code" the textbook leaves out: skip that on a first reading.
+// ===========================================================================
+
+/** The textbook's port: `serverPort = 12000`. */
 export const DEFAULT_PORT = 12000;
 
-/** The largest UDP payload: 65535 minus the IP and UDP headers. */
-const MAX_PAYLOAD = { ipv4: 65507, ipv6: 65527 };
+/**
+ * Starts the server: binds its socket and answers datagrams until `signal`
+ * aborts. Resolves once the socket is bound (example: {@linkcode UdpServer}).
+ */
+export async function startUdpServer(options: UdpServerOptions = {}): Promise<UdpServer> {
+  const { hostname = "localhost", port = DEFAULT_PORT, signal, log = console.log } = options;
+  requireUnstableNet();
+  // serverSocket = socket(AF_INET, SOCK_DGRAM); serverSocket.bind(('', serverPort))
+  const serverSocket = Deno.listenDatagram({
+    transport: "udp",
+    hostname: hostname === "localhost" ? "127.0.0.1" : hostname, // and ::1, just below
+    port,
+  });
+  const serverSockets = alsoOnIpv6Loopback(serverSocket, { hostname, port });
+  // while True: (serveDatagrams, below), on every socket until the signal aborts
+  const finished = serveAll(serverSockets, { signal, log });
+  await Promise.resolve(); // async: a bind error above rejects, like every other failure
+  return { addrs: serverSockets.map((socket) => socket.addr as Deno.NetAddr), finished };
+}
 
-// ===========================================================================
-// Part 1: the textbook flow
-//
-//   UDPServer.py                                 this file
-//   serverSocket = socket(AF_INET, SOCK_DGRAM)   Deno.listenDatagram({ ... })
-//   serverSocket.bind(('', serverPort))            (socket and bind in one)
-//   print('The server is ready to receive')      console.log(...) in main()
-//   while True:                                  for (;;) in serveDatagrams()
-//     message, clientAddress = recvfrom(2048)    await serverSocket.receive(buffer)
-//     modifiedMessage = message.decode().upper() decode(message).toUpperCase()
-//     serverSocket.sendto(..., clientAddress)    await serverSocket.send(..., clientAddress)
-// ===========================================================================
+/** Runs the server from the command line and resolves to the exit code. */
+async function main(args: string[]): Promise<number> {
+  const options = readCommandLine(args); // --help and mistakes end here, with an exit code
+  if (typeof options === "number") return options;
+  const out = new LineWriter(Deno.stdout); // log lines that never make the server wait
+  const shutdown = shutdownOnSignals(out); // Ctrl-C: send the reply in flight, then stop
+  try {
+    const { hostname, port } = options;
+    const log = options.quiet ? null : out.line;
+    const server = await startUdpServer({ hostname, port, signal: shutdown.signal, log });
+    // print("The server is ready to receive")
+    out.line(`The server is ready to receive on ${formatAddrs(server.addrs)}`);
+    out.line(whoCanReach(hostname));
+    await server.finished; // until Ctrl-C
+    out.line("The server has shut down.");
+    await out.flush(LOG_FLUSH_MS); // a stdout nobody reads must not keep the server alive
+    return 0;
+  } catch (error) {
+    return startFailed(error, options); // one line on stderr; exit code 2 or 1
+  } finally {
+    shutdown.remove();
+  }
+}
 
-/** Answers datagrams on one socket until the socket is closed. */
+/** The `while True:` loop: answers one socket's datagrams until the server stops. */
 async function serveDatagrams(serverSocket: Deno.DatagramConn, server: ServerState) {
-  // recvfrom(2048) silently cuts longer datagrams. This buffer holds the
-  // largest possible UDP payload (65527 bytes over IPv6), so none is cut.
+  // recvfrom(2048) silently cuts longer datagrams: this buffer holds the largest.
   const buffer = new Uint8Array(65536);
-  const encoder = new TextEncoder();
-  // Each datagram is a whole message: decode it on its own. Invalid bytes
-  // become U+FFFD; ignoreBOM keeps a leading BOM, as Python's decode() does.
-  const decoder = new TextDecoder("utf-8", { ignoreBOM: true });
-  for (;;) {
-    let message: Uint8Array, clientAddress: Deno.Addr;
+  while (!server.stopping) {
+    let message: Uint8Array, clientAddress: Deno.NetAddr;
     try {
-      [message, clientAddress] = await serverSocket.receive(buffer);
+      // message, clientAddress = serverSocket.recvfrom(2048)
+      [message, clientAddress] = await serverSocket.receive(buffer) as [Uint8Array, Deno.NetAddr];
     } catch (error) {
-      if (server.stopping) return; // we closed the socket ourselves
-      // One bad datagram or an ICMP error report must not stop the server.
-      server.logs?.line("failed", `Could not receive a datagram: ${describe(error)}`);
-      await new Promise((resolve) => setTimeout(resolve, 10)); // never spin
+      await receiveFailed(error, server); // logged: the server lives on
       continue;
     }
-    const modifiedMessage = decoder.decode(message).toUpperCase();
-    const reply = encoder.encode(modifiedMessage);
-    // Part 2: some senders must not be answered (see LoopGuard).
-    if (!server.guard.allows(clientAddress as Deno.NetAddr, message, reply)) continue;
+    // modifiedMessage = message.decode().upper()
+    const modifiedMessage = upper(decode(message));
+    // serverSocket.sendto(modifiedMessage.encode(), clientAddress)
+    const reply = encode(modifiedMessage);
+    if (!mayAnswer(server, { message, reply, clientAddress })) continue; // loops, size: logged
     server.busy.add(serverSocket); // a shutdown now waits for this reply
-    await sendReply(serverSocket, reply, clientAddress as Deno.NetAddr, {
-      server,
-      bytesIn: message.length,
-    });
+    try {
+      await serverSocket.send(reply, clientAddress);
+      logServed(server, { message, reply, clientAddress });
+    } catch (error) {
+      logSendFailed(server, { error, clientAddress }); // the server lives on
+    }
     server.busy.delete(serverSocket);
-    if (server.stopping) return; // the exchange in flight is done: stop
   }
+}
+
+/**
+ * The service: the textbook's `.upper()`. Every reply is made here, so this
+ * is the one place to change what the server does.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * assert.equal(upper("hello, wörld"), "HELLO, WÖRLD");
+ * assert.equal(upper("straße"), "STRASSE"); // a reply can be longer than its message
+ * ```
+ */
+export function upper(message: string): string {
+  return message.toUpperCase();
 }
 
 // ===========================================================================
 // Part 2: what good code adds
+//
+// Each function below is one step the textbook leaves out, and says why.
 // ===========================================================================
 
+// --- Binding -------------------------------------------------------------------
+
+/** Thrown when Deno runs without the flag that enables UDP. */
+export class UnstableNetError extends Error {
+  /** The message says which flag to add, or where to run from. */
+  constructor() {
+    super(
+      "UDP needs the --unstable-net flag: run deno run --allow-net --unstable-net " +
+        "udp_server.ts, or run it from the project folder, whose deno.json enables it",
+    );
+    this.name = "UnstableNetError";
+  }
+}
+
+/** Throws an {@linkcode UnstableNetError} if UDP is not enabled. */
+function requireUnstableNet() {
+  // Without the flag, Deno.listenDatagram is simply not there.
+  if (typeof Deno.listenDatagram !== "function") throw new UnstableNetError();
+}
+
 /**
- * Sends one reply. Uppercasing can make a message longer (ß becomes SS, ΐ
- * grows from 2 to 6 bytes), so a reply may not fit in one datagram even when
+ * Returns the sockets to serve: `serverSocket`, and for `localhost` a second
+ * one on ::1. Whether a client's `localhost` means 127.0.0.1 or ::1 depends on
+ * its system (/etc/hosts), so the server binds both, on the same port. With
+ * port 0 the system picked a port for 127.0.0.1 that may be taken on ::1:
+ * then both are bound again, on another port (10 tries in all).
+ */
+function alsoOnIpv6Loopback(
+  serverSocket: Deno.DatagramConn,
+  { hostname, port }: { hostname: string; port: number },
+): Deno.DatagramConn[] {
+  if (hostname !== "localhost") return [serverSocket];
+  let v4 = serverSocket;
+  for (let attempt = 1;; attempt++) {
+    const chosen = (v4.addr as Deno.NetAddr).port;
+    try {
+      return [v4, Deno.listenDatagram({ transport: "udp", hostname: "::1", port: chosen })];
+    } catch (error) {
+      if (error instanceof Deno.errors.AddrNotAvailable) return [v4]; // no IPv6 here
+      v4.close();
+      // With port 0 the port can be free on 127.0.0.1 but taken on ::1: retry.
+      const retry = port === 0 && error instanceof Deno.errors.AddrInUse;
+      if (!retry || attempt === 10) throw error;
+      v4 = Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port });
+    }
+  }
+}
+
+/** Closes a socket that may be closed already. */
+function closeQuietly(socket: Deno.DatagramConn) {
+  try {
+    socket.close();
+  } catch {
+    // Already closed: nothing to do.
+  }
+}
+
+// --- Serving and shutting down -------------------------------------------------
+
+/** What the receive loops share. */
+interface ServerState {
+  /** Set by the shutdown: each loop ends once its reply in flight is sent. */
+  stopping: boolean;
+  /** Sockets sending a reply right now. */
+  busy: Set<Deno.DatagramConn>;
+  /** Where log lines go, floods summed up; null for none. */
+  logs: LogLimiter | null;
+  /** Refuses replies that could start or feed a loop. */
+  guard: LoopGuard;
+}
+
+/**
+ * Runs {@linkcode serveDatagrams} on every socket, and closes each when its
+ * loop ends. Resolves once all have ended (after `signal` aborts).
+ */
+function serveAll(
+  serverSockets: Deno.DatagramConn[],
+  { signal, log }: { signal?: AbortSignal; log: ((line: string) => void) | null },
+): Promise<void> {
+  const logs = log ? new LogLimiter(log) : null;
+  const ownPort = (serverSockets[0].addr as Deno.NetAddr).port;
+  const server: ServerState = {
+    stopping: false,
+    busy: new Set(),
+    logs,
+    guard: new LoopGuard(ownPort, logs),
+  };
+  const loops = serverSockets.map((socket) =>
+    serveDatagrams(socket, server).finally(() => closeQuietly(socket))
+  );
+  stopWhenAborted(signal, serverSockets, server);
+  return Promise.all(loops).then(() => logs?.close());
+}
+
+/**
+ * Shuts the server down when `signal` aborts. A socket waiting in receive()
+ * has nothing in flight: it is closed now, which ends its receive(). A socket
+ * sending a reply is closed by its loop once the reply is out.
+ */
+function stopWhenAborted(
+  signal: AbortSignal | undefined,
+  serverSockets: Deno.DatagramConn[],
+  server: ServerState,
+) {
+  const stop = () => {
+    server.stopping = true;
+    for (const socket of serverSockets) if (!server.busy.has(socket)) closeQuietly(socket);
+  };
+  if (signal?.aborted) stop();
+  else signal?.addEventListener("abort", stop, { once: true });
+}
+
+// --- Receiving -----------------------------------------------------------------
+
+/**
+ * After a failed receive: nothing when the server is stopping (it closed the
+ * socket itself); otherwise a log line, and a short pause before the next.
+ */
+async function receiveFailed(error: unknown, server: ServerState) {
+  if (server.stopping) return;
+  // One bad datagram or an ICMP error report must not stop the server.
+  server.logs?.line("failed", `Could not receive a datagram: ${describe(error)}`);
+  await new Promise((resolve) => setTimeout(resolve, 10)); // never spin
+}
+
+/** Each datagram is a whole message, decoded on its own. */
+const decoder = new TextDecoder("utf-8", { ignoreBOM: true });
+
+/**
+ * Bytes to text, as Python's `decode()`: invalid bytes become U+FFFD, and a
+ * leading byte order mark is kept (ignoreBOM), not dropped.
+ */
+function decode(message: Uint8Array): string {
+  return decoder.decode(message);
+}
+
+// --- Replying ------------------------------------------------------------------
+
+const encoder = new TextEncoder();
+
+/** Text to UTF-8 bytes, as Python's `encode()`. */
+function encode(modifiedMessage: string): Uint8Array {
+  return encoder.encode(modifiedMessage);
+}
+
+/** The largest UDP payload: 65535 minus the IP and UDP headers. */
+const MAX_PAYLOAD = { ipv4: 65507, ipv6: 65527 };
+
+/** What a reply step is about: the request, its reply, and the client. */
+interface Exchange {
+  message: Uint8Array;
+  reply: Uint8Array;
+  clientAddress: Deno.NetAddr;
+}
+
+/**
+ * Whether to send `reply` at all: not to a sender that could start or feed
+ * a loop (see {@linkcode LoopGuard}), and not if it does not fit in one
+ * datagram. Each refusal is logged.
+ */
+function mayAnswer(server: ServerState, exchange: Exchange): boolean {
+  const { message, reply, clientAddress } = exchange;
+  if (!server.guard.allows(clientAddress, message, reply)) return false;
+  return fitsInDatagram(server, exchange);
+}
+
+/**
+ * Whether a reply fits in one datagram. Uppercasing can make a message longer
+ * (ß becomes SS, ΐ grows from 2 to 6 bytes), so a reply may not fit even when
  * the request did: that reply is dropped with a log line, never a crash.
  */
-async function sendReply(
-  serverSocket: Deno.DatagramConn,
-  reply: Uint8Array,
-  clientAddress: Deno.NetAddr,
-  { server, bytesIn }: { server: ServerState; bytesIn: number },
-) {
+function fitsInDatagram(server: ServerState, { message, reply, clientAddress }: Exchange) {
   const limit = clientAddress.hostname.includes(":") ? MAX_PAYLOAD.ipv6 : MAX_PAYLOAD.ipv4;
-  if (reply.length > limit) {
-    server.logs?.line(
-      "dropped",
-      `Dropped the reply to ${formatAddr(clientAddress)}: ${bytesIn} bytes in, ` +
-        `${reply.length} bytes out do not fit in one datagram (at most ${limit})`,
-    );
-    return;
-  }
-  try {
-    await serverSocket.send(reply, clientAddress);
-    server.logs?.line(
-      "served",
-      `Served ${formatAddr(clientAddress)}: ${bytesIn} bytes in, ${reply.length} bytes out`,
-    );
-  } catch (error) {
-    // A reply goes to the client's own port: a grant like
-    // --allow-net=127.0.0.1:12000 lets us bind, but not answer.
-    const why = error instanceof Deno.errors.NotCapable
-      ? `the --allow-net grant does not include ${formatAddr(clientAddress)} (replies go to ` +
-        "each client's own port: grant hosts without a port, as in --allow-net=127.0.0.1,[::1])"
-      : describe(error);
-    server.logs?.line("failed", `Could not reply to ${formatAddr(clientAddress)}: ${why}`);
-  }
+  if (reply.length <= limit) return true;
+  server.logs?.line(
+    "dropped",
+    `Dropped the reply to ${formatAddr(clientAddress)}: ${message.length} bytes in, ` +
+      `${reply.length} bytes out do not fit in one datagram (at most ${limit})`,
+  );
+  return false;
+}
+
+/** Logs a reply that was sent. */
+function logServed(server: ServerState, { message, reply, clientAddress }: Exchange) {
+  server.logs?.line(
+    "served",
+    `Served ${formatAddr(clientAddress)}: ${message.length} bytes in, ${reply.length} bytes out`,
+  );
+}
+
+/** Logs a reply that could not be sent, and why. */
+function logSendFailed(
+  server: ServerState,
+  { error, clientAddress }: { error: unknown; clientAddress: Deno.NetAddr },
+) {
+  // A reply goes to the client's own port: a grant like
+  // --allow-net=127.0.0.1:12000 lets us bind, but not answer.
+  const why = error instanceof Deno.errors.NotCapable
+    ? `the --allow-net grant does not include ${formatAddr(clientAddress)} (replies go to ` +
+      "each client's own port: grant hosts without a port, as in --allow-net=127.0.0.1,[::1])"
+    : describe(error);
+  server.logs?.line("failed", `Could not reply to ${formatAddr(clientAddress)}: ${why}`);
 }
 
 // --- Loops: "Loop DoS" (CVE-2024-2169) -------------------------------------
@@ -124,7 +337,8 @@ async function sendReply(
 // server, each reply is answered by a reply, forever: two servers bounce one
 // datagram at full speed, a full core each, until someone kills them. UDP
 // source addresses cannot be trusted, so the server decides from what it can
-// see: the source port, and whether its reply would equal the request.
+// see: the source port, and whether its reply would equal the request. The
+// reply is whatever upper() made, so this holds whatever the service is.
 
 /** Datagrams per second that uppercasing leaves unchanged, answered per sender. */
 export const LOOP_BUDGET = 100;
@@ -146,9 +360,11 @@ export const LOOP_BUDGET_SENDERS = 10_000;
  *
  * @example
  * ```ts
- * refusalReason({ transport: "udp", hostname: "127.0.0.1", port: 12000 }, 12000);
- * // "it comes from this server's own port (forged, or another server on the same port)"
- * refusalReason({ transport: "udp", hostname: "127.0.0.1", port: 50000 }, 12000); // undefined
+ * import assert from "node:assert/strict";
+ * const from = (port: number) => ({ transport: "udp", hostname: "127.0.0.1", port }) as const;
+ * assert.match(refusalReason(from(12000), 12000)!, /this server's own port/);
+ * assert.match(refusalReason(from(53), 12000)!, /belongs to a service/);
+ * assert.equal(refusalReason(from(50000), 12000), undefined);
  * ```
  */
 export function refusalReason(from: Deno.NetAddr, ownPort: number): string | undefined {
@@ -180,6 +396,7 @@ class LoopGuard {
   #windowEnd = 0;
   #fullReported = false;
 
+  /** `ownPort`: the port the server is bound to; `logs`: where refusals go. */
   constructor(ownPort: number, logs: LogLimiter | null) {
     this.#ownPort = ownPort;
     this.#logs = logs;
@@ -274,6 +491,7 @@ class LogLimiter {
   #counts: Record<LogKind, number> = { served: 0, dropped: 0, refused: 0, loop: 0, failed: 0 };
   #timer: ReturnType<typeof setInterval>;
 
+  /** Starts the once-a-second summary timer; `log` writes one line. */
   constructor(log: (line: string) => void) {
     this.#log = log;
     this.#timer = setInterval(() => this.flush(), 1000);
@@ -316,7 +534,19 @@ export interface UdpServerOptions {
   log?: ((line: string) => void) | null;
 }
 
-/** A running server, as returned by {@linkcode startUdpServer}. */
+/**
+ * A running server, as returned by {@linkcode startUdpServer}.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * const stop = new AbortController();
+ * const server = await startUdpServer({ port: 0, log: null, signal: stop.signal });
+ * assert.equal(server.addrs[0].hostname, "127.0.0.1"); // and ::1, on the same port
+ * stop.abort();
+ * await server.finished; // every socket is closed
+ * ```
+ */
 export interface UdpServer {
   /** The bound addresses, with the real port. */
   addrs: Deno.NetAddr[];
@@ -324,116 +554,13 @@ export interface UdpServer {
   finished: Promise<void>;
 }
 
-/** What the receive loops share. */
-interface ServerState {
-  stopping: boolean;
-  /** Sockets sending a reply right now. */
-  busy: Set<Deno.DatagramConn>;
-  /** Where log lines go, floods summed up; null for none. */
-  logs: LogLimiter | null;
-  /** Refuses replies that could start or feed a loop. */
-  guard: LoopGuard;
-}
-
-/**
- * Starts the uppercase server and resolves once it is bound.
- *
- * @example
- * ```ts
- * const controller = new AbortController();
- * const server = await startUdpServer({ port: 0, signal: controller.signal });
- * console.log(`The server is ready to receive on ${formatAddrs(server.addrs)}`);
- * controller.abort();
- * await server.finished;
- * ```
- */
-export async function startUdpServer(options: UdpServerOptions = {}): Promise<UdpServer> {
-  const { hostname = "localhost", port = DEFAULT_PORT, signal, log = console.log } = options;
-  requireUnstableNet();
-  const sockets = listenAll(hostname, port);
-  const logs = log ? new LogLimiter(log) : null;
-  const ownPort = (sockets[0].addr as Deno.NetAddr).port;
-  const server: ServerState = {
-    stopping: false,
-    busy: new Set(),
-    logs,
-    guard: new LoopGuard(ownPort, logs),
-  };
-  const loops = sockets.map(async (socket) => {
-    try {
-      await serveDatagrams(socket, server);
-    } finally {
-      closeQuietly(socket);
-    }
-  });
-  const stop = () => {
-    server.stopping = true;
-    // A socket waiting in receive() has nothing in flight: close it now. A
-    // socket sending a reply closes itself once the reply is out.
-    for (const socket of sockets) if (!server.busy.has(socket)) closeQuietly(socket);
-  };
-  if (signal?.aborted) stop();
-  else signal?.addEventListener("abort", stop, { once: true });
-  const finished = Promise.all(loops).then(() => logs?.close());
-  // Binding above is synchronous; staying async means a bind error reaches
-  // the caller as a rejected promise, like every other failure here.
-  await Promise.resolve();
-  return { addrs: sockets.map((s) => s.addr as Deno.NetAddr), finished };
-}
-
-/**
- * Binds one socket, or two for `localhost`: 127.0.0.1 and ::1 on the same
- * port (with port 0, the port the system picked for the first).
- */
-function listenAll(hostname: string, port: number): Deno.DatagramConn[] {
-  const listen = (hostname: string, port: number) =>
-    Deno.listenDatagram({ transport: "udp", hostname, port });
-  if (hostname !== "localhost") return [listen(hostname, port)];
-  for (let attempt = 1;; attempt++) {
-    const v4 = listen("127.0.0.1", port);
-    const chosen = (v4.addr as Deno.NetAddr).port;
-    try {
-      return [v4, listen("::1", chosen)];
-    } catch (error) {
-      if (error instanceof Deno.errors.AddrNotAvailable) return [v4]; // no IPv6 here
-      v4.close();
-      // With port 0 the port can be free on 127.0.0.1 but taken on ::1: retry.
-      const retry = port === 0 && error instanceof Deno.errors.AddrInUse;
-      if (!retry || attempt === 10) throw error;
-    }
-  }
-}
-
-/** Thrown when Deno runs without the flag that enables UDP. */
-export class UnstableNetError extends Error {
-  constructor() {
-    super(
-      "UDP needs the --unstable-net flag: run deno run --allow-net --unstable-net " +
-        "udp_server.ts, or run it from the project folder, whose deno.json enables it",
-    );
-    this.name = "UnstableNetError";
-  }
-}
-
-function requireUnstableNet() {
-  // Without the flag, Deno.listenDatagram is simply not there.
-  if (typeof Deno.listenDatagram !== "function") throw new UnstableNetError();
-}
-
-function closeQuietly(socket: Deno.DatagramConn) {
-  try {
-    socket.close();
-  } catch {
-    // Already closed: nothing to do.
-  }
-}
-
 /**
  * Formats an address as HOST:PORT, with brackets around IPv6 hosts.
  *
  * @example
  * ```ts
- * formatAddr({ transport: "udp", hostname: "::1", port: 12000 }); // "[::1]:12000"
+ * import assert from "node:assert/strict";
+ * assert.equal(formatAddr({ transport: "udp", hostname: "::1", port: 12000 }), "[::1]:12000");
  * ```
  */
 export function formatAddr(addr: Deno.NetAddr): string {
@@ -446,7 +573,10 @@ export function formatAddr(addr: Deno.NetAddr): string {
  *
  * @example
  * ```ts
- * formatAddrs([{ transport: "udp", hostname: "127.0.0.1", port: 80 }]); // "127.0.0.1:80"
+ * import assert from "node:assert/strict";
+ * const v4 = { transport: "udp", hostname: "127.0.0.1", port: 80 } as const;
+ * const v6 = { transport: "udp", hostname: "::1", port: 80 } as const;
+ * assert.equal(formatAddrs([v4, v6]), "127.0.0.1:80 and [::1]:80");
  * ```
  */
 export function formatAddrs(addrs: Deno.NetAddr[]): string {
@@ -483,9 +613,13 @@ Examples:
 
 /** Parsed command-line options of the server. */
 export interface ServerArgs {
+  /** --help: show the usage and exit. */
   help: boolean;
+  /** --host: the address to bind. */
   hostname: string;
+  /** --port: the port to bind, 0 for any free port. */
   port: number;
+  /** --quiet: no log lines. */
   quiet: boolean;
 }
 
@@ -497,7 +631,9 @@ export class UsageError extends Error {}
  *
  * @example
  * ```ts
- * parseServerArgs(["--port", "0"]).port; // 0
+ * import assert from "node:assert/strict";
+ * assert.equal(parseServerArgs(["--port", "0"]).port, 0);
+ * assert.throws(() => parseServerArgs(["--port", "x"]), UsageError);
  * ```
  */
 export function parseServerArgs(args: string[]): ServerArgs {
@@ -608,13 +744,61 @@ function bracketed(hostname: string): string {
   return hostname.includes(":") ? `[${hostname}]` : hostname;
 }
 
+/**
+ * The options to run with, or the exit code when there is nothing to run:
+ * 0 after --help, 2 after a mistake on the command line (said on stderr).
+ */
+function readCommandLine(args: string[]): ServerArgs | number {
+  let options: ServerArgs;
+  try {
+    options = parseServerArgs(args);
+  } catch (error) {
+    printError(`${(error as Error).message} (see --help)`);
+    return 2;
+  }
+  if (options.help) {
+    console.log(USAGE);
+    return 0;
+  }
+  return options;
+}
+
+/**
+ * Says why the server could not start, in one line on stderr, and returns
+ * the exit code: 2 when the command itself must change (a permission, a
+ * flag), 1 otherwise (the port is taken, say).
+ */
+function startFailed(error: unknown, options: ServerArgs): number {
+  printError(describe(error, options));
+  const invocation = error instanceof Deno.errors.NotCapable || error instanceof UnstableNetError;
+  return invocation ? 2 : 1;
+}
+
+/** The line after the ready line: who can reach the server. */
+function whoCanReach(hostname: string): string {
+  return isLoopback(hostname)
+    ? "Only this machine can reach it (loopback); use --host 0.0.0.0 or --host :: to serve other hosts."
+    : `Serving other hosts too (--host ${hostname}): anyone who can reach this machine can send to it.`;
+}
+
+/** Whether `hostname` is a loopback address, reachable from this machine only. */
+function isLoopback(hostname: string): boolean {
+  return hostname === "localhost" || hostname === "::1" || hostname.startsWith("127.");
+}
+
+/** Writes "error: MESSAGE" on stderr. */
+function printError(message: string) {
+  // %c styles the word in a terminal; Deno drops the style when piped.
+  console.error(`%cerror%c: ${message}`, "color: red; font-weight: bold", "");
+}
+
 // --- Signals -------------------------------------------------------------------
 
-/** Signals that stop the server; SIGHUP is the terminal closing. */
-const STOP_SIGNALS = { SIGHUP: 1, SIGINT: 2, SIGTERM: 15 } as const;
+/** A signal that stops the server; SIGHUP is the terminal closing. */
+export type StopSignal = "SIGHUP" | "SIGINT" | "SIGTERM";
 
-/** A signal that stops the server. */
-export type StopSignal = keyof typeof STOP_SIGNALS;
+/** The stop signals and their numbers (the shell reports death by one as 128 + it). */
+const STOP_SIGNALS: Record<StopSignal, number> = { SIGHUP: 1, SIGINT: 2, SIGTERM: 15 };
 
 /**
  * Signals this soon after the first are the same one: under `deno task`,
@@ -633,9 +817,10 @@ export const SIGNAL_REPEAT_MS = 200;
  *
  * @example
  * ```ts
- * signalAction("SIGINT", undefined); // "shut down"
- * signalAction("SIGINT", 5); // "ignore"
- * signalAction("SIGTERM", 900); // 143
+ * import assert from "node:assert/strict";
+ * assert.equal(signalAction("SIGINT", undefined), "shut down");
+ * assert.equal(signalAction("SIGINT", 5), "ignore");
+ * assert.equal(signalAction("SIGTERM", 900), 143);
  * ```
  */
 export function signalAction(
@@ -684,6 +869,19 @@ function onStopSignals(onFirst: () => void): () => void {
   };
 }
 
+/**
+ * Starts the graceful shutdown on the first stop signal. Returns the signal
+ * that aborts then, and a function that removes the listeners.
+ */
+function shutdownOnSignals(out: LineWriter): { signal: AbortSignal; remove: () => void } {
+  const controller = new AbortController();
+  const remove = onStopSignals(() => {
+    out.line("Shutting down: sending the reply in flight (press Ctrl-C again to quit now)");
+    controller.abort();
+  });
+  return { signal: controller.signal, remove };
+}
+
 // --- Log output that never blocks ----------------------------------------------
 
 /** Log lines that may wait for the output; past it, lines are dropped and counted. */
@@ -701,9 +899,10 @@ const LOG_FLUSH_MS = 2000;
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * const out = new LineWriter(Deno.stdout);
  * out.line("The server is ready to receive on 127.0.0.1:12000");
- * await out.flush(2000);
+ * assert.equal(await out.flush(2000), true); // written
  * ```
  */
 export class LineWriter {
@@ -713,6 +912,7 @@ export class LineWriter {
   #writing: Promise<void> | undefined;
   #broken = false;
 
+  /** `output`: where the lines go, such as Deno.stdout. */
   constructor(output: { write(p: Uint8Array): Promise<number> }) {
     this.#output = output;
   }
@@ -766,73 +966,6 @@ export class LineWriter {
       clearTimeout(timer);
     }
   }
-}
-
-/**
- * Runs the server from the command line and resolves to the exit code.
- *
- * @example
- * ```ts
- * const code = await main(["--help"]); // prints usage, returns 0
- * ```
- */
-export async function main(args: string[]): Promise<number> {
-  let options: ServerArgs;
-  try {
-    options = parseServerArgs(args);
-  } catch (error) {
-    printError(`${(error as Error).message} (see --help)`);
-    return 2;
-  }
-  if (options.help) {
-    console.log(USAGE);
-    return 0;
-  }
-
-  const out = new LineWriter(Deno.stdout);
-  const controller = new AbortController();
-  const removeListeners = onStopSignals(() => {
-    out.line("Shutting down: sending the reply in flight (press Ctrl-C again to quit now)");
-    controller.abort();
-  });
-  try {
-    let server: UdpServer;
-    try {
-      server = await startUdpServer({
-        hostname: options.hostname,
-        port: options.port,
-        signal: controller.signal,
-        log: options.quiet ? null : out.line,
-      });
-    } catch (error) {
-      printError(describe(error, options));
-      const invocation = error instanceof Deno.errors.NotCapable ||
-        error instanceof UnstableNetError;
-      return invocation ? 2 : 1;
-    }
-    out.line(`The server is ready to receive on ${formatAddrs(server.addrs)}`);
-    out.line(
-      isLoopback(options.hostname)
-        ? "Only this machine can reach it (loopback); use --host 0.0.0.0 or --host :: to serve other hosts."
-        : `Serving other hosts too (--host ${options.hostname}): anyone who can reach this machine can send to it.`,
-    );
-    await server.finished;
-    out.line("The server has shut down.");
-    // A stdout nobody reads must not keep the server from exiting.
-    await out.flush(LOG_FLUSH_MS);
-    return 0;
-  } finally {
-    removeListeners();
-  }
-}
-
-function isLoopback(hostname: string): boolean {
-  return hostname === "localhost" || hostname === "::1" || hostname.startsWith("127.");
-}
-
-function printError(message: string) {
-  // %c styles the word in a terminal; Deno drops the style when piped.
-  console.error(`%cerror%c: ${message}`, "color: red; font-weight: bold", "");
 }
 
 if (import.meta.main) {
