@@ -329,6 +329,16 @@ async function exists(command: string): Promise<boolean> {
   return success;
 }
 
+/** Whether `tool --version` runs (a pyenv shim for a missing version exists, but fails). */
+async function works(tool: string): Promise<boolean> {
+  const { success } = await new Deno.Command("sh", {
+    args: ["-c", `${shellQuote(tool)} --version`],
+    stdout: "null",
+    stderr: "null",
+  }).output();
+  return success;
+}
+
 /** The documents to check: the arguments, or every document of the project. */
 async function documents(args: string[]): Promise<string[]> {
   const found: string[] = [];
@@ -426,7 +436,17 @@ async function main(args: string[]): Promise<number> {
   const home = join(temp, "home");
   await Deno.mkdir(home);
   Deno.env.set("HOME", home);
-  for (const name of ["TCP_SERVER", "TCP_CLIENT", "UDP_SERVER", "UDP_CLIENT", "GRADE_ROLES"]) {
+  // INIT_CWD: `deno task docs` set it to this folder, and a `deno task` inside would keep it.
+  for (
+    const name of [
+      "TCP_SERVER",
+      "TCP_CLIENT",
+      "UDP_SERVER",
+      "UDP_CLIENT",
+      "GRADE_ROLES",
+      "INIT_CWD",
+    ]
+  ) {
     Deno.env.delete(name);
   }
 
@@ -467,7 +487,7 @@ async function main(args: string[]): Promise<number> {
             continue;
           }
           const missingTools = [];
-          for (const tool of block.needs) if (!(await exists(tool))) missingTools.push(tool);
+          for (const tool of block.needs) if (!(await works(tool))) missingTools.push(tool);
           if (missingTools.length > 0) {
             if (shell === shells[0]) skipped.push(`${at}: needs ${missingTools.join(", ")}`);
             continue;

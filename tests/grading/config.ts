@@ -157,6 +157,20 @@ export interface LoadConfigOptions {
 }
 
 /**
+ * Stops at once when Deno's UDP API is off. The kit needs it (UDP checks,
+ * port reservations); this project's deno.json turns it on, so it is off
+ * when the kit runs from another folder without `--config`.
+ */
+function requireUdpApi() {
+  if (typeof (Deno as { listenDatagram?: unknown }).listenDatagram === "function") return;
+  throw new ConfigError(
+    "The grading kit needs Deno's UDP API, which is still unstable: run it from the project " +
+      "folder (its deno.json turns the API on), or add --config PATH/TO/PROJECT/deno.json (or " +
+      "--unstable-net) to the deno command",
+  );
+}
+
+/**
  * Reads the grading configuration from the environment.
  *
  * @example
@@ -170,6 +184,7 @@ export interface LoadConfigOptions {
  */
 export function loadConfig(options: LoadConfigOptions = {}): GradeConfig {
   const { env = Deno.env.toObject(), onlySubmitted = false } = options;
+  requireUdpApi();
   const templates = {} as Record<Role, string>;
   const submitted: Role[] = [];
   for (const role of ROLES) {
