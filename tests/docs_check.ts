@@ -34,6 +34,7 @@
  * ```sh
  * deno task docs                 # every document, bash and zsh
  * deno task docs README.md       # one document
+ * deno task docs --shell=zsh     # one shell
  * ```
  *
  * @module
@@ -358,12 +359,17 @@ async function documents(args: string[]): Promise<string[]> {
 
 /** Copies the project's files (tracked and new, not ignored) to `into`. */
 async function copyProject(into: string) {
-  const { stdout } = await new Deno.Command("git", {
+  const git = await new Deno.Command("git", {
     args: ["ls-files", "-z", "--cached", "--others", "--exclude-standard"],
     cwd: ROOT,
     stdout: "piped",
+    stderr: "null",
   }).output();
-  for (const file of new TextDecoder().decode(stdout).split("\0").filter(Boolean)) {
+  // Not a git checkout (a copy made by this check, say): every file but the ignored folders.
+  const files = git.success
+    ? new TextDecoder().decode(git.stdout).split("\0").filter(Boolean)
+    : await walk(ROOT);
+  for (const file of files) {
     try {
       await Deno.mkdir(dirname(join(into, file)), { recursive: true });
       await Deno.copyFile(join(ROOT, file), join(into, file));
@@ -373,12 +379,30 @@ async function copyProject(into: string) {
   }
 }
 
+/** Every file under `root`, relative, but in .git, node_modules and the ignored outputs. */
+async function walk(root: string, under = ""): Promise<string[]> {
+  const files: string[] = [];
+  for await (const entry of Deno.readDir(join(root, under))) {
+    const path = join(under, entry.name);
+    if (entry.isDirectory) {
+      if ([".git", "node_modules", ".tmp", "grades", "build", "submissions"].includes(entry.name)) {
+        continue;
+      }
+      files.push(...await walk(root, path));
+    } else if (entry.isFile) {
+      files.push(path);
+    }
+  }
+  return files;
+}
+
 /**
- * Runs the check in a network namespace of its own, when not already in
- * one and the system allows it, so that port 12000 is free. Resolves to
- * the exit code of that run, or to undefined to run here.
+ * Runs the check once per shell, each in a network namespace of its own
+ * (so that both can use port 12000 at the same time), when not already in
+ * one and the system allows it. Resolves to the worst exit code, or to
+ * undefined to run here, on this machine's loopback.
  */
-async function inOwnNetwork(args: string[]): Promise<number | undefined> {
+async function inOwnNetworks(shells: string[], args: string[]): Promise<number | undefined> {
   if (Deno.env.get("DOCS_CHECK_NETNS") === "1") return undefined;
   const probe = await new Deno.Command("unshare", {
     args: ["-rn", "sh", "-c", "ip link set lo up"],
@@ -394,33 +418,48 @@ async function inOwnNetwork(args: string[]): Promise<number | undefined> {
     args: ["cache", "--quiet", "tests/grading/grade.ts"],
     cwd: ROOT,
   }).output();
-  const { code } = await new Deno.Command("unshare", {
-    args: [
-      "-rn",
-      "sh",
-      "-c",
-      'ip link set lo up && exec "$@"',
-      "sh",
-      Deno.execPath(),
-      "run",
-      "--allow-all",
-      fileURLToPath(import.meta.url),
-      ...args,
-    ],
-    env: { DOCS_CHECK_NETNS: "1" },
-  }).spawn().status;
-  return code;
+  const runs = shells.map((shell) =>
+    new Deno.Command("unshare", {
+      args: [
+        "-rn",
+        "sh",
+        "-c",
+        'ip link set lo up && exec "$@"',
+        "sh",
+        Deno.execPath(),
+        "run",
+        "--allow-all",
+        fileURLToPath(import.meta.url),
+        `--shell=${shell}`,
+        ...args,
+      ],
+      env: { DOCS_CHECK_NETNS: "1" },
+      stdout: "piped",
+      stderr: "piped",
+    }).output()
+  );
+  let worst = 0;
+  for (const run of runs) {
+    // Each shell's report whole, one after the other.
+    const { code, stdout, stderr } = await run;
+    await Deno.stdout.write(stdout);
+    await Deno.stderr.write(stderr);
+    worst = Math.max(worst, code);
+  }
+  return worst;
 }
 
-async function main(args: string[]): Promise<number> {
-  const code = await inOwnNetwork(args);
-  if (code !== undefined) return code;
-
+async function main(argv: string[]): Promise<number> {
+  const chosen = argv.find((arg) => arg.startsWith("--shell="))?.slice("--shell=".length);
+  const args = argv.filter((arg) => !arg.startsWith("--shell="));
   const shells = [];
-  for (const shell of ["bash", "zsh"]) {
+  for (const shell of chosen ? [chosen] : ["bash", "zsh"]) {
     if (await exists(shell)) shells.push(shell);
     else console.log(`${shell} is not installed: its runs are skipped.`);
   }
+  const code = await inOwnNetworks(shells, args);
+  if (code !== undefined) return code;
+
   // The children find the real deno binary first (not a wrapper), and its cache.
   const temp = await Deno.makeTempDir({ prefix: "docs_check_" });
   const bin = join(temp, "bin");
