@@ -49,19 +49,11 @@ async function main(args: string[]): Promise<number> {
   // print('The server is ready to receive')
   stdout.line(`The server is ready to receive on ${formatAddrs(serverSockets)}`);
   stdout.line(whoCanConnect(options.hostname));
+  // while True: acceptLoop() below, on each server socket, until a signal
   await serve(serverSockets, { ...options, signal, log: options.quiet ? null : stdout.line });
   stdout.line("The server has shut down.");
   await stdout.flush(500); // a stdout nobody reads must not keep us from exiting
   return 0;
-}
-
-/** Serves clients until `signal` aborts; resolves once every connection has closed. */
-async function serve(serverSockets: Deno.Listener[], options: ServeOptions): Promise<void> {
-  const server = new ServerState(options, upper); // the connections, their limits, the log
-  server.stopOn(options.signal, serverSockets); // a graceful shutdown when the signal comes
-  // while True: (one welcoming loop per server socket: 127.0.0.1 and ::1)
-  await Promise.all(serverSockets.map((serverSocket) => acceptLoop(serverSocket, server)));
-  await server.closed(); // after shutdown, the exchanges in flight finish
 }
 
 /** The welcoming door: wait for a client to knock, and give it its own socket. */
@@ -183,6 +175,17 @@ export async function startTcpServer(options: TcpServerOptions = {}): Promise<Tc
   // the caller as a rejected promise, like every other failure here.
   await Promise.resolve();
   return { addrs: serverSockets.map((l) => l.addr as Deno.NetAddr), finished };
+}
+
+/**
+ * Runs acceptLoop() on each welcoming socket (127.0.0.1 and ::1) until
+ * `signal` aborts; resolves once every connection has closed.
+ */
+async function serve(serverSockets: Deno.Listener[], options: ServeOptions): Promise<void> {
+  const server = new ServerState(options, upper); // the connections, their limits, the log
+  server.stopOn(options.signal, serverSockets); // a graceful shutdown when the signal comes
+  await Promise.all(serverSockets.map((serverSocket) => acceptLoop(serverSocket, server)));
+  await server.closed(); // after shutdown, the exchanges in flight finish
 }
 
 // ---------------------------------------------------------------------------
@@ -548,6 +551,7 @@ class Client {
    * up to 64 KiB, so a big transfer takes fewer, larger reads.
    */
   #buffer: Uint8Array<ArrayBuffer> = new Uint8Array(1024);
+  #lastRead = 0;
   /**
    * A UTF-8 character can be split across two reads; a streaming decoder
    * keeps the first half until the rest arrives. Invalid bytes become U+FFFD;
@@ -577,13 +581,17 @@ class Client {
    * The bytes stay valid until the next call.
    */
   async receive(): Promise<Uint8Array | null> {
+    // Grown here, once the reply to the last read has gone out, not when it
+    // came: a client that never reads then holds only the buffer it filled,
+    // and that one is released when it leaves.
+    const size = this.#buffer.length;
+    if (this.#lastRead === size && size < 64 * 1024) this.#buffer = new Uint8Array(size * 4);
     const n = await this.#conn.read(this.#buffer);
     if (n === null) return null;
     this.touch(); // progress: restart the idle clock (every write does too)
     this.bytesIn += n;
-    const sentence = this.#buffer.subarray(0, n);
-    if (n === this.#buffer.length && n < 64 * 1024) this.#buffer = new Uint8Array(n * 4);
-    return sentence;
+    this.#lastRead = n;
+    return this.#buffer.subarray(0, n);
   }
 
   /**
@@ -601,7 +609,7 @@ class Client {
       this.#decoder = new TextDecoder("utf-8", { ignoreBOM: true });
       this.#reply = new Uint8Array(3 * TEXT_SLICE + 16);
     }
-    // Uppercasing can triple the bytes (ΐ: 2 bytes -> 6). Work through the
+    // upper() can triple the bytes (ΐ: 2 bytes -> 6). Work through the
     // read in slices and send each before the next, so a client that never
     // reads holds one slice's reply here, not three whole reads.
     for (let start = 0; start < sentence.length; start += TEXT_SLICE) {
