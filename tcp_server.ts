@@ -74,8 +74,9 @@ async function serveClient(connectionSocket: Deno.Conn, server: ServerState): Pr
   try {
     for (;;) {
       // sentence = connectionSocket.recv(1024)
-      const sentence = await client.receive(); // what has arrived: TCP is a stream of bytes
-      if (sentence === null) break; // the client half-closed: it has sent everything
+      const n = await connectionSocket.read(client.buffer()); // what has arrived so far
+      if (n === null) break; // the client half-closed: it has sent everything
+      const sentence = client.received(n); // counted; the idle clock restarts
       // capitalizedSentence = sentence.decode().upper()
       // connectionSocket.send(capitalizedSentence.encode())
       await client.reply(sentence); // upper() on the bytes, every byte sent (Client.reply)
@@ -577,17 +578,19 @@ class Client {
   }
 
   /**
-   * Reads what the client has sent so far; null once it has half-closed.
-   * The bytes stay valid until the next call.
+   * The buffer for the next read. It is grown here, once the reply to the
+   * read that filled it has gone out, not when that read came: a client that
+   * never reads then holds only the buffer it filled, which is released when
+   * it leaves.
    */
-  async receive(): Promise<Uint8Array | null> {
-    // Grown here, once the reply to the last read has gone out, not when it
-    // came: a client that never reads then holds only the buffer it filled,
-    // and that one is released when it leaves.
+  buffer(): Uint8Array<ArrayBuffer> {
     const size = this.#buffer.length;
     if (this.#lastRead === size && size < 64 * 1024) this.#buffer = new Uint8Array(size * 4);
-    const n = await this.#conn.read(this.#buffer);
-    if (n === null) return null;
+    return this.#buffer;
+  }
+
+  /** Counts a read of `n` bytes into buffer() and returns them. */
+  received(n: number): Uint8Array {
     this.touch(); // progress: restart the idle clock (every write does too)
     this.bytesIn += n;
     this.#lastRead = n;
@@ -600,15 +603,19 @@ class Client {
    * first byte that is not ASCII on, this connection's bytes go through the
    * decoder, the service and the encoder.
    */
-  async reply(sentence: Uint8Array) {
-    let replied = 0; // leading bytes that the ASCII table has already replaced
-    if (this.#decoder === undefined) {
-      const table = this.#server.asciiTable;
-      replied = table === undefined ? 0 : replyAsciiInPlace(sentence, table);
-      if (replied === sentence.length) return await this.write(sentence);
-      this.#decoder = new TextDecoder("utf-8", { ignoreBOM: true });
-      this.#reply = new Uint8Array(3 * TEXT_SLICE + 16);
-    }
+  reply(sentence: Uint8Array): Promise<void> {
+    // Not async: plain ASCII, the common case, costs no promise of its own.
+    if (this.#decoder !== undefined) return this.#replyText(sentence, 0);
+    const table = this.#server.asciiTable;
+    const replied = table === undefined ? 0 : replyAsciiInPlace(sentence, table);
+    if (replied === sentence.length) return this.write(sentence);
+    this.#decoder = new TextDecoder("utf-8", { ignoreBOM: true });
+    this.#reply = new Uint8Array(3 * TEXT_SLICE + 16);
+    return this.#replyText(sentence, replied);
+  }
+
+  /** reply() past plain ASCII; the first `replied` bytes are already their reply. */
+  async #replyText(sentence: Uint8Array, replied: number) {
     // upper() can triple the bytes (ΐ: 2 bytes -> 6). Work through the
     // read in slices and send each before the next, so a client that never
     // reads holds one slice's reply here, not three whole reads.
