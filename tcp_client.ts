@@ -73,7 +73,7 @@ export async function exchangeTcp(options: TcpExchangeOptions): Promise<string> 
   try {
     // clientSocket = socket(AF_INET, SOCK_STREAM)
     // clientSocket.connect((serverName, serverPort))
-    clientSocket = await connect(serverName, serverPort, deadline.signal);
+    clientSocket = await connect(serverName, serverPort, deadline.signal); // Deno.connect: both
     // modifiedSentence = clientSocket.recv(1024): to the end, started before we send,
     // or a long sentence would fill both sides' buffers, each waiting for the other
     const modifiedSentence = readAll(clientSocket, options, deadline.signal);
@@ -124,8 +124,38 @@ export interface TcpExchangeOptions {
 }
 
 /**
- * Connects to the server. `localhost` can mean 127.0.0.1, ::1 or both,
- * depending on /etc/hosts; try both loopback addresses so it always works.
+ * A time limit: when it passes, `signal` aborts and `onExpire` runs (the
+ * exchange closes its socket, so a pending connect or read fails at once).
+ */
+class Deadline {
+  readonly signal: AbortSignal;
+  #controller = new AbortController();
+  #timer: ReturnType<typeof setTimeout>;
+  #onExpire: () => void;
+
+  constructor(seconds: number, onExpire: () => void) {
+    this.signal = this.#controller.signal;
+    this.#onExpire = onExpire;
+    this.#timer = setTimeout(() => this.#controller.abort(), seconds * 1000);
+    this.signal.addEventListener("abort", onExpire);
+  }
+
+  /** Whether the time ran out. */
+  get expired(): boolean {
+    return this.signal.aborted;
+  }
+
+  /** Stops the clock: the exchange is over. */
+  clear() {
+    clearTimeout(this.#timer);
+    this.signal.removeEventListener("abort", this.#onExpire);
+  }
+}
+
+/**
+ * Connects to the server: Deno.connect is socket() and connect() in one.
+ * `localhost` can mean 127.0.0.1, ::1 or both, depending on /etc/hosts;
+ * try both loopback addresses so it always works.
  */
 async function connect(hostname: string, port: number, signal: AbortSignal) {
   const candidates = hostname === "localhost" ? ["127.0.0.1", "::1"] : [hostname];
@@ -138,14 +168,6 @@ async function connect(hostname: string, port: number, signal: AbortSignal) {
     }
   }
   throw new Error("unreachable");
-}
-
-/** Sends every byte: write() may send only part of a buffer, like send(). */
-async function writeAll(conn: { write(p: Uint8Array): Promise<number> }, data: Uint8Array) {
-  let written = 0;
-  while (written < data.length) {
-    written += await conn.write(data.subarray(written));
-  }
 }
 
 /**
@@ -197,32 +219,11 @@ async function untilDeadline(work: void | Promise<void>, deadline: AbortSignal) 
   }
 }
 
-/**
- * A time limit: when it passes, `signal` aborts and `onExpire` runs (the
- * exchange closes its socket, so a pending connect or read fails at once).
- */
-class Deadline {
-  readonly signal: AbortSignal;
-  #controller = new AbortController();
-  #timer: ReturnType<typeof setTimeout>;
-  #onExpire: () => void;
-
-  constructor(seconds: number, onExpire: () => void) {
-    this.signal = this.#controller.signal;
-    this.#onExpire = onExpire;
-    this.#timer = setTimeout(() => this.#controller.abort(), seconds * 1000);
-    this.signal.addEventListener("abort", onExpire);
-  }
-
-  /** Whether the time ran out. */
-  get expired(): boolean {
-    return this.signal.aborted;
-  }
-
-  /** Stops the clock: the exchange is over. */
-  clear() {
-    clearTimeout(this.#timer);
-    this.signal.removeEventListener("abort", this.#onExpire);
+/** Sends every byte: write() may send only part of a buffer, like send(). */
+async function writeAll(conn: { write(p: Uint8Array): Promise<number> }, data: Uint8Array) {
+  let written = 0;
+  while (written < data.length) {
+    written += await conn.write(data.subarray(written));
   }
 }
 
