@@ -10,11 +10,12 @@
  * printf 'one\ntwo\n' | deno run --allow-net tcp_client.ts --port 12000
  * ```
  *
- * The first part of this file is the textbook's TCPClient.py, line for line;
- * the second part is what "good code" adds: a half-close and a read to the
- * end of the stream (so a long reply is whole), printed as it arrives (so an
- * endless reply cannot fill the memory), timeouts, both loopback addresses
- * for `localhost`, and one clear line for every error.
+ * Part 1 of this file is the textbook's TCPClient.py as code, step for step:
+ * the Python line of each step is the comment above it. Part 2 is what good
+ * code adds: a half-close and a read to the end of the stream (so a long
+ * reply is whole), printed as it arrives (so an endless reply cannot fill the
+ * memory), timeouts, both loopback addresses for `localhost`, and one clear
+ * line for every error.
  *
  * @module
  */
@@ -22,21 +23,82 @@ import { parseArgs } from "node:util";
 import { createInterface } from "node:readline";
 import process from "node:process";
 
-/** The textbook's port. */
-export const DEFAULT_PORT = 12000;
+// ===========================================================================
+// Part 1: the textbook's TCPClient.py, step for step
+// ===========================================================================
+
+const DEFAULT_PORT = 12000; // serverPort = 12000 (--port changes it)
+
+/** Runs the client from the command line and resolves to the exit code. */
+async function main(args: string[]): Promise<number> {
+  const options = parseCommandLine(args); // serverName (--host), --port; --help; mistakes
+  if (typeof options === "number") return options; // exit 0 after --help, 2 after a mistake
+  // sentence = input('Input lowercase sentence:'): each line until Ctrl-D, or the arguments
+  for await (const sentence of sentences(options.sentence, "Input lowercase sentence:")) {
+    // print('From Server:', modifiedSentence.decode()): each piece as it arrives
+    const out = new ReplyPrinter("From Server: ");
+    try {
+      await exchangeTcp({ ...options, sentence, onReply: (text) => out.print(text) });
+      await out.end();
+    } catch (error) {
+      await out.end().catch(() => {}); // end a reply cut short; stdout may be gone
+      return failed(error, options); // one line on stderr; exit 2 if not allowed, else 1
+    }
+  }
+  return 0;
+}
+
+/**
+ * Sends one sentence over a new TCP connection and resolves to the reply
+ * (or hands it to `onReply` piece by piece).
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { startTcpServer } from "./tcp_server.ts";
+ * const stop = new AbortController();
+ * const server = await startTcpServer({ port: 0, signal: stop.signal, log: null });
+ * const port = server.addrs[0].port;
+ * assert.equal(await exchangeTcp({ hostname: "localhost", port, sentence: "hi" }), "HI");
+ * stop.abort();
+ * await server.finished;
+ * ```
+ */
+export async function exchangeTcp(options: TcpExchangeOptions): Promise<string> {
+  const { hostname: serverName, port: serverPort, sentence, timeout = 10 } = options;
+  let clientSocket: Deno.TcpConn | undefined;
+  // One deadline for the whole exchange; when it passes, the socket is closed,
+  // and whatever we are waiting for (connect or read) fails at once.
+  const deadline = new Deadline(timeout, () => clientSocket?.close());
+  try {
+    // clientSocket = socket(AF_INET, SOCK_STREAM)
+    // clientSocket.connect((serverName, serverPort))
+    clientSocket = await connect(serverName, serverPort, deadline.signal); // Deno.connect: both
+    // modifiedSentence = clientSocket.recv(1024): to the end, started before we send,
+    // or a long sentence would fill both sides' buffers, each waiting for the other
+    const modifiedSentence = readAll(clientSocket, options, deadline.signal);
+    modifiedSentence.catch(() => {}); // a failed send below reports the error instead
+    // clientSocket.send(sentence.encode())
+    await writeAll(clientSocket, new TextEncoder().encode(sentence));
+    await clientSocket.closeWrite(); // half-close: "that is all", the server need not guess
+    return await modifiedSentence;
+  } catch (error) {
+    throw deadline.expired ? new TimeoutError(serverName, serverPort, timeout) : error;
+  } finally {
+    deadline.clear();
+    if (!deadline.expired) clientSocket?.close(); // clientSocket.close()
+  }
+}
 
 // ===========================================================================
-// Part 1: the textbook flow
+// Part 2: what good code adds
 //
-//   TCPClient.py                                 this file
-//   clientSocket = socket(AF_INET, SOCK_STREAM)  Deno.connect({ hostname, port })
-//   clientSocket.connect((serverName, port))       (socket and connect in one)
-//   sentence = input('Input lowercase sentence:') prompt(...) in main()
-//   clientSocket.send(sentence.encode())         writeAll(clientSocket, ...)
-//   modifiedSentence = clientSocket.recv(1024)   await reply (readAll)
-//   print('From Server:', modifiedSentence...)   printed as it arrives, in main()
-//   clientSocket.close()                         clientSocket.close()
+// Everything above calls into here: each helper is one step, and says why.
 // ===========================================================================
+
+// ---------------------------------------------------------------------------
+// The exchange: connecting, deadlines, whole writes, reading to the end
+// ---------------------------------------------------------------------------
 
 /** Options for {@linkcode exchangeTcp}. */
 export interface TcpExchangeOptions {
@@ -62,50 +124,38 @@ export interface TcpExchangeOptions {
 }
 
 /**
- * Sends one sentence over a new TCP connection and resolves to the reply
- * (or hands it to `onReply` piece by piece).
- *
- * @example
- * ```ts
- * const reply = await exchangeTcp({ hostname: "localhost", port: 12000, sentence: "hi" });
- * console.log("From Server:", reply); // From Server: HI
- * ```
+ * A time limit: when it passes, `signal` aborts and `onExpire` runs (the
+ * exchange closes its socket, so a pending connect or read fails at once).
  */
-export async function exchangeTcp(options: TcpExchangeOptions): Promise<string> {
-  const { hostname, port, sentence, timeout = 10 } = options;
-  // One deadline for the whole exchange; when it passes, the socket is closed,
-  // and whatever we are waiting for (connect or read) fails at once.
-  const deadline = new AbortController();
-  const timer = setTimeout(() => deadline.abort(), timeout * 1000);
-  let clientSocket: Deno.TcpConn | undefined;
-  const closeOnTimeout = () => clientSocket?.close();
-  deadline.signal.addEventListener("abort", closeOnTimeout);
-  try {
-    clientSocket = await connect(hostname, port, deadline.signal);
-    // Start reading before writing: the server answers while we are still
-    // sending, and if nobody read its answer, a long sentence would fill both
-    // sides' buffers and each side would wait for the other forever.
-    const reply = readAll(clientSocket, options, deadline.signal);
-    reply.catch(() => {}); // a failed write below reports the error instead
-    await writeAll(clientSocket, new TextEncoder().encode(sentence));
-    // Half-close: "I have sent everything". The server reads until this end of
-    // stream, so it never has to guess where our sentence ends.
-    await clientSocket.closeWrite();
-    const modifiedSentence = await reply;
-    return modifiedSentence;
-  } catch (error) {
-    if (deadline.signal.aborted) throw new TimeoutError(hostname, port, timeout);
-    throw error;
-  } finally {
-    clearTimeout(timer);
-    deadline.signal.removeEventListener("abort", closeOnTimeout);
-    if (!deadline.signal.aborted) clientSocket?.close();
+class Deadline {
+  readonly signal: AbortSignal;
+  #controller = new AbortController();
+  #timer: ReturnType<typeof setTimeout>;
+  #onExpire: () => void;
+
+  constructor(seconds: number, onExpire: () => void) {
+    this.signal = this.#controller.signal;
+    this.#onExpire = onExpire;
+    this.#timer = setTimeout(() => this.#controller.abort(), seconds * 1000);
+    this.signal.addEventListener("abort", onExpire);
+  }
+
+  /** Whether the time ran out. */
+  get expired(): boolean {
+    return this.signal.aborted;
+  }
+
+  /** Stops the clock: the exchange is over. */
+  clear() {
+    clearTimeout(this.#timer);
+    this.signal.removeEventListener("abort", this.#onExpire);
   }
 }
 
 /**
- * Connects to the server. `localhost` can mean 127.0.0.1, ::1 or both,
- * depending on /etc/hosts; try both loopback addresses so it always works.
+ * Connects to the server: Deno.connect is socket() and connect() in one.
+ * `localhost` can mean 127.0.0.1, ::1 or both, depending on /etc/hosts;
+ * try both loopback addresses so it always works.
  */
 async function connect(hostname: string, port: number, signal: AbortSignal) {
   const candidates = hostname === "localhost" ? ["127.0.0.1", "::1"] : [hostname];
@@ -118,14 +168,6 @@ async function connect(hostname: string, port: number, signal: AbortSignal) {
     }
   }
   throw new Error("unreachable");
-}
-
-/** Sends every byte: write() may send only part of a buffer, like send(). */
-async function writeAll(conn: { write(p: Uint8Array): Promise<number> }, data: Uint8Array) {
-  let written = 0;
-  while (written < data.length) {
-    written += await conn.write(data.subarray(written));
-  }
 }
 
 /**
@@ -177,12 +219,21 @@ async function untilDeadline(work: void | Promise<void>, deadline: AbortSignal) 
   }
 }
 
-// ===========================================================================
-// Part 2: errors, the command line and input
-// ===========================================================================
+/** Sends every byte: write() may send only part of a buffer, like send(). */
+async function writeAll(conn: { write(p: Uint8Array): Promise<number> }, data: Uint8Array) {
+  let written = 0;
+  while (written < data.length) {
+    written += await conn.write(data.subarray(written));
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Errors, the command line, input and output
+// ---------------------------------------------------------------------------
 
 /** The server did not answer in time. */
 export class TimeoutError extends Error {
+  /** The message names the server and the limit, and points to --timeout. */
   constructor(hostname: string, port: number, seconds: number) {
     super(`Timed out after ${seconds} s waiting for ${hostname}:${port} (see --timeout)`);
     this.name = "TimeoutError";
@@ -191,6 +242,7 @@ export class TimeoutError extends Error {
 
 /** A reply longer than `maxReplyBytes`, in exchangeTcp's string mode. */
 export class ReplyTooLongError extends Error {
+  /** The message names the limit and the way around it. */
   constructor(maxBytes: number) {
     super(
       `The reply is longer than ${maxBytes} bytes (maxReplyBytes): ` +
@@ -205,9 +257,13 @@ export class UsageError extends Error {}
 
 /** Parsed command-line options of the client. */
 export interface ClientArgs {
+  /** --help: print the usage and exit. */
   help: boolean;
+  /** --host: the server's name or address, the textbook's serverName. */
   hostname: string;
+  /** --port: the server's port, the textbook's serverPort. */
   port: number;
+  /** --timeout: seconds for each whole exchange. */
   timeout: number;
   /** The sentence from the positional arguments, or undefined to read input. */
   sentence: string | undefined;
@@ -234,11 +290,32 @@ Examples:
   printf 'one\\ntwo\\n' | deno run --allow-net tcp_client.ts`;
 
 /**
+ * Parses the command line and returns the options, or the exit code once
+ * it has printed the usage (--help, 0) or the mistake (2).
+ */
+function parseCommandLine(args: string[]): ClientArgs | number {
+  let options: ClientArgs;
+  try {
+    options = parseClientArgs(args);
+  } catch (error) {
+    printError(`${(error as Error).message} (see --help)`);
+    return 2;
+  }
+  if (options.help) {
+    console.log(USAGE);
+    return 0;
+  }
+  return options;
+}
+
+/**
  * Parses the command line; throws a {@linkcode UsageError} on bad input.
  *
  * @example
  * ```ts
- * parseClientArgs(["--port", "5000", "hi", "there"]).sentence; // "hi there"
+ * import assert from "node:assert/strict";
+ * assert.equal(parseClientArgs(["--port", "5000", "hi", "there"]).sentence, "hi there");
+ * assert.throws(() => parseClientArgs(["--port", "0"]), UsageError);
  * ```
  */
 export function parseClientArgs(args: string[]): ClientArgs {
@@ -286,6 +363,12 @@ function shortParseError(error: unknown): string {
     return `Option "${option?.split(" ")[0]}" needs a value`;
   }
   return message;
+}
+
+/** Says what went wrong in one line on stderr; returns the exit code. */
+function failed(error: unknown, options: { hostname: string; port: number }): number {
+  printError(describe(error, options));
+  return error instanceof Deno.errors.NotCapable ? 2 : 1;
 }
 
 /** One line that says what went wrong and what to do about it. */
@@ -336,15 +419,18 @@ function notAllowed(error: Error, { hostname, port }: { hostname: string; port: 
 
 /**
  * Yields the sentences to send: the command-line sentence, or lines from a
- * terminal (with the textbook prompt) or from piped input.
+ * terminal (asking with `question`) or from piped input.
  */
-async function* sentences(fromArgs: string | undefined): AsyncGenerator<string> {
+async function* sentences(
+  fromArgs: string | undefined,
+  question: string,
+): AsyncGenerator<string> {
   if (fromArgs !== undefined) {
     yield fromArgs;
   } else if (Deno.stdin.isTerminal()) {
     // The textbook's input(); keep asking until end of input (Ctrl-D).
     for (;;) {
-      const sentence = prompt("Input lowercase sentence:");
+      const sentence = prompt(question);
       if (sentence === null) return;
       yield sentence;
     }
@@ -360,60 +446,29 @@ async function* sentences(fromArgs: string | undefined): AsyncGenerator<string> 
 }
 
 /**
- * Runs the client from the command line and resolves to the exit code.
- *
- * @example
- * ```ts
- * const code = await main(["--port", "12000", "hello"]); // prints From Server: HELLO
- * ```
- */
-export async function main(args: string[]): Promise<number> {
-  let options: ClientArgs;
-  try {
-    options = parseClientArgs(args);
-  } catch (error) {
-    printError(`${(error as Error).message} (see --help)`);
-    return 2;
-  }
-  if (options.help) {
-    console.log(USAGE);
-    return 0;
-  }
-  for await (const sentence of sentences(options.sentence)) {
-    // The textbook prints the reply once it has it all. A reply can be
-    // endless, so print each piece as it arrives, after "From Server: ".
-    const out = new ReplyPrinter();
-    try {
-      await exchangeTcp({ ...options, sentence, onReply: (text) => out.print(text) });
-      await out.end();
-    } catch (error) {
-      await out.end().catch(() => {}); // end a reply cut short; stdout may be gone
-      printError(describe(error, options));
-      return error instanceof Deno.errors.NotCapable ? 2 : 1;
-    }
-  }
-  return 0;
-}
-
-/**
- * Prints one reply to stdout as it arrives: "From Server: ", the pieces,
- * a newline. The prefix waits for the first piece, so an error before any
- * reply leaves stdout empty.
+ * Prints one reply to stdout as it arrives: the prefix ("From Server: "),
+ * the pieces, a newline. The prefix waits for the first piece, so an error
+ * before any reply leaves stdout empty.
  */
 class ReplyPrinter {
+  #prefix: string;
   #started = false;
   #encoder = new TextEncoder();
+
+  constructor(prefix: string) {
+    this.#prefix = prefix;
+  }
 
   /** Prints one piece; resolves once stdout has taken it all. */
   async print(text: string) {
     if (!this.#started) {
       this.#started = true;
-      text = `From Server: ${text}`;
+      text = this.#prefix + text;
     }
     if (text !== "") await this.#write(text);
   }
 
-  /** Ends the line, if a reply was started (an empty reply still prints "From Server: "). */
+  /** Ends the line, if a reply was started (an empty reply still prints the prefix). */
   async end() {
     if (this.#started) await this.#write("\n");
   }

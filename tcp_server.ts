@@ -12,8 +12,10 @@
  * deno run --allow-net tcp_server.ts --host ::    # serve other hosts too
  * ```
  *
- * The first part of this file is the textbook's TCPServer.py, line for line.
- * The second part is what "good code" adds: concurrency, streaming with
+ * Part 1 of this file is the textbook's TCPServer.py as code, step for step:
+ * the Python line of each step is the comment above it. The service is one
+ * function, upper(): change it there and every reply follows. Part 2 is what
+ * good code adds: concurrency, both loopback addresses, streaming with
  * correct UTF-8, flow control, idle timeouts, a connection cap that evicts
  * the least recently active client, bounded memory per client, a log that
  * never blocks and is summarised under floods, clear errors and a graceful
@@ -23,157 +25,95 @@
  */
 import { parseArgs } from "node:util";
 
-/** The textbook's port. */
-export const DEFAULT_PORT = 12000;
-
-const encoder = new TextEncoder();
-
-/** Input bytes decoded and uppercased at a time, once a client sends non-ASCII text. */
-const TEXT_SLICE = 16 * 1024;
-
 // ===========================================================================
-// Part 1: the textbook flow
-//
-//   TCPServer.py                                 this file
-//   serverSocket = socket(AF_INET, SOCK_STREAM)  Deno.listen({ hostname, port })
-//   serverSocket.bind(('', serverPort))            (socket, bind and listen
-//   serverSocket.listen(1)                          in one call)
-//   print('The server is ready to receive')      console.log(...) in main()
-//   while True:                                  for (;;) in acceptLoop()
-//     connectionSocket, addr = accept()          await serverSocket.accept()
-//     sentence = recv(1024).decode()             serveClient(): read + decode
-//     capitalizedSentence = sentence.upper()     sentence.toUpperCase()
-//     connectionSocket.send(...encode())         client.write(...encode())
-//     connectionSocket.close()                   connectionSocket.close()
+// Part 1: the textbook's TCPServer.py, step for step
 // ===========================================================================
 
-/** The welcoming loop: wait for a client to knock, give it its own socket. */
-async function acceptLoop(serverSocket: Deno.Listener, server: ServerState) {
-  let pauseMs = 0; // the back-off while out of file descriptors
-  for (;;) {
-    let connectionSocket: Deno.Conn;
-    try {
-      connectionSocket = await serverSocket.accept();
-      pauseMs = 0;
-    } catch (error) {
-      if (server.stopping) return; // we closed the welcoming socket ourselves
-      // A client that reset before we got to it fails only its own accept():
-      // take the next one at once. Out of file descriptors, pause briefly
-      // (connections must close first), then keep accepting: never die.
-      pauseMs = await server.acceptFailed(error, pauseMs);
-      continue;
-    }
-    // The textbook serves one client at a time, so a client that connects and
-    // says nothing blocks everyone else. We start serving this client and go
-    // straight back to accept(): every client is served concurrently.
-    serveClient(connectionSocket, server);
+const DEFAULT_PORT = 12000; // serverPort = 12000 (--port changes it)
+
+/** Runs the server from the command line and resolves to the exit code. */
+async function main(args: string[]): Promise<number> {
+  const options = parseCommandLine(args); // --port, --host...; prints --help or the mistake
+  if (typeof options === "number") return options; // exit 0 after --help, 2 after a mistake
+  const stdout = new StdoutLog(); // log lines that never hold the server up
+  const signal = shutDownOnSignals(stdout); // Ctrl-C: finish the exchanges in flight, exit
+  let serverSockets: Deno.Listener[];
+  try {
+    // serverSocket = socket(AF_INET, SOCK_STREAM)
+    // serverSocket.bind(('', serverPort))
+    // serverSocket.listen(1)
+    serverSockets = listenAll(options.hostname, options.port); // Deno.listen does all three
+  } catch (error) {
+    return cannotListen(error, options); // one line on stderr; exit 2 if not allowed, else 1
+  }
+  // print('The server is ready to receive')
+  stdout.line(`The server is ready to receive on ${formatAddrs(serverSockets)}`);
+  stdout.line(whoCanConnect(options.hostname));
+  // while True: acceptLoop() below, on each server socket, until a signal
+  await serve(serverSockets, { ...options, signal, log: options.quiet ? null : stdout.line });
+  stdout.line("The server has shut down.");
+  await stdout.flush(500); // a stdout nobody reads must not keep us from exiting
+  return 0;
+}
+
+/** The welcoming door: wait for a client to knock, and give it its own socket. */
+async function acceptLoop(serverSocket: Deno.Listener, server: ServerState): Promise<void> {
+  while (!server.stopping) {
+    // connectionSocket, addr = serverSocket.accept()
+    const connectionSocket = await server.accept(serverSocket); // undefined if accept failed
+    // The textbook serves one client at a time, so one that says nothing
+    // blocks everyone. We start serving it and go straight back to accept().
+    if (connectionSocket) serveClient(connectionSocket, server);
   }
 }
 
-/** Talk to one client: uppercase whatever it sends until it half-closes. */
-async function serveClient(connectionSocket: Deno.Conn, server: ServerState) {
-  const client = server.track(connectionSocket);
+/** Talks to one client: replies to what it sends until it half-closes, then closes. */
+async function serveClient(connectionSocket: Deno.Conn, server: ServerState): Promise<void> {
+  const client = server.track(connectionSocket); // byte counts, the idle clock, a log line
   if (client === undefined) return; // the server is shutting down: already closed
-  // Start small, like the textbook's recv(1024): an idle connection then
-  // costs little (10,000 idle clients with 16 KiB each would hold 160 MB).
-  // A read that fills the buffer means the client is sending a lot: grow it,
-  // up to 64 KiB, so a big transfer takes fewer, larger reads.
-  let buffer = new Uint8Array(1024);
-  // A UTF-8 character can be split across two reads; a streaming decoder
-  // keeps the first half until the rest arrives. Invalid bytes become U+FFFD;
-  // ignoreBOM keeps a leading byte order mark, as Python's decode() does.
-  // Plain ASCII, what most clients send, needs no decoder: it is made at the
-  // first byte above 0x7f, and from then on every read goes through it.
-  let decoder: TextDecoder | undefined;
-  // The reply to a slice of non-ASCII text is encoded into one buffer per
-  // connection, made at the first such read and reused (see capitalize).
-  let reply: Uint8Array<ArrayBuffer> | undefined;
   try {
-    client.touch(); // start the idle clock
     for (;;) {
-      const n = await connectionSocket.read(buffer); // sentence = recv(...)
+      // sentence = connectionSocket.recv(1024)
+      const n = await connectionSocket.read(client.buffer()); // what has arrived so far
       if (n === null) break; // the client half-closed: it has sent everything
-      client.touch(); // progress: restart the idle clock (every write does too)
-      client.bytesIn += n;
-      if (decoder === undefined && upperAsciiInPlace(buffer, n)) {
-        // Plain ASCII, what most clients send: no decoding, no encoding.
-        await client.write(buffer.subarray(0, n));
-      } else {
-        decoder ??= new TextDecoder("utf-8", { ignoreBOM: true });
-        reply ??= new Uint8Array(3 * TEXT_SLICE + 16);
-        // Uppercasing can triple the bytes (ΐ: 2 bytes -> 6). Work through
-        // the read in slices and send each before the next, so a client that
-        // never reads holds one slice's reply here, not three whole reads.
-        for (let start = 0; start < n; start += TEXT_SLICE) {
-          const slice = buffer.subarray(start, Math.min(n, start + TEXT_SLICE));
-          await client.write(capitalize(slice, decoder, reply));
-        }
-      }
-      if (n === buffer.length && n < 64 * 1024) buffer = new Uint8Array(n * 4);
+      const sentence = client.received(n); // counted; the idle clock restarts
+      // capitalizedSentence = sentence.decode().upper()
+      // connectionSocket.send(capitalizedSentence.encode())
+      await client.reply(sentence); // upper() on the bytes, every byte sent (Client.reply)
     }
-    // Flush the decoder: a character cut off at the very end becomes U+FFFD.
-    if (decoder && reply) await client.write(capitalize(new Uint8Array(), decoder, reply, true));
+    await client.endReply(); // a character cut off at the very end becomes U+FFFD
   } catch (error) {
-    client.fail(error);
+    client.fail(error); // remembered for the log line
   } finally {
     client.close(); // connectionSocket.close()
-    release(buffer);
-    release(reply);
+    client.releaseBuffers(); // hand its buffers back now, not at some later garbage collection
   }
 }
 
 /**
- * The textbook's three steps for one slice of bytes: decode, uppercase,
- * encode, into `reply`, which holds three times TEXT_SLICE (+16): no
- * character grows more than threefold, ΐ and ΰ from 2 bytes to 6, an invalid
- * byte to U+FFFD's 3 (+16 covers a character cut between two slices).
- * It is synchronous on purpose: the strings die before the caller waits on
- * a write, so a client that never reads does not keep them alive.
+ * The service, the textbook's `sentence.upper()`: every reply is made by it,
+ * a piece of text at a time as it arrives. Change it here (lowercase, rot13):
+ * the server follows, its ASCII fast path included (see asciiTable).
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * assert.equal(upper("hello, wörld ß"), "HELLO, WÖRLD SS");
+ * ```
  */
-function capitalize(bytes: Uint8Array, decoder: TextDecoder, reply: Uint8Array, end = false) {
-  const sentence = decoder.decode(bytes, { stream: !end });
-  const capitalizedSentence = sentence.toUpperCase();
-  const { read, written } = encoder.encodeInto(capitalizedSentence, reply);
-  if (read < capitalizedSentence.length) throw new Error("A reply slice outgrew its buffer");
-  return reply.subarray(0, written);
+export function upper(sentence: string): string {
+  return sentence.toUpperCase();
 }
 
 // ===========================================================================
 // Part 2: what good code adds
+//
+// Everything above calls into here: each helper is one step, and says why.
 // ===========================================================================
 
-/** Log lines of one kind written per second; the rest are counted in one summary line. */
-const LOG_LINES_PER_SECOND = 10;
-
-/** The longest pause between accept() tries while out of file descriptors. */
-const MAX_ACCEPT_PAUSE_MS = 100;
-
-/**
- * Hands a connection's buffer back at once. Left to the garbage collector it
- * waits for the next collection, which an idle server may not run for a long
- * time: transfer(0) detaches it, and its memory is freed now.
- */
-function release(buffer: Uint8Array<ArrayBuffer> | undefined) {
-  try {
-    buffer?.buffer.transfer(0);
-  } catch {
-    // Not detachable: the garbage collector frees it later.
-  }
-}
-
-/**
- * Uppercases ASCII letters where they are and returns true if every byte was
- * ASCII. At the first byte that is not, returns false: the caller decodes the
- * bytes instead (uppercasing the letters already done again changes nothing).
- */
-function upperAsciiInPlace(bytes: Uint8Array, length: number): boolean {
-  for (let i = 0; i < length; i++) {
-    const byte = bytes[i];
-    if (byte >= 0x80) return false;
-    if (byte >= 0x61 && byte <= 0x7a) bytes[i] = byte - 0x20; // a-z to A-Z
-  }
-  return true;
-}
+// ---------------------------------------------------------------------------
+// The server as a function, for tests and other programs
+// ---------------------------------------------------------------------------
 
 /** Options for {@linkcode startTcpServer}. */
 export interface TcpServerOptions {
@@ -200,6 +140,9 @@ export interface TcpServerOptions {
   log?: ((line: string) => void) | null;
 }
 
+/** What serve() takes: the options past binding. */
+type ServeOptions = Omit<TcpServerOptions, "hostname" | "port">;
+
 /** A running server, as returned by {@linkcode startTcpServer}. */
 export interface TcpServer {
   /** The bound addresses, with the real port. */
@@ -209,60 +152,51 @@ export interface TcpServer {
 }
 
 /**
- * Starts the uppercase server and resolves once it is bound.
+ * Starts the uppercase server and resolves once it is bound: what main()
+ * does, without the command line, the ready line and the signals.
  *
  * @example
  * ```ts
- * const controller = new AbortController();
- * const server = await startTcpServer({ port: 0, signal: controller.signal });
- * console.log(`The server is ready to receive on ${formatAddrs(server.addrs)}`);
- * controller.abort();
+ * import assert from "node:assert/strict";
+ * const stop = new AbortController();
+ * const server = await startTcpServer({ port: 0, signal: stop.signal, log: null });
+ * const conn = await Deno.connect({ hostname: "127.0.0.1", port: server.addrs[0].port });
+ * await conn.write(new TextEncoder().encode("hi"));
+ * await conn.closeWrite(); // "that is all": the server replies, then closes
+ * assert.equal(await new Response(conn.readable).text(), "HI");
+ * stop.abort();
  * await server.finished;
  * ```
  */
-export async function startTcpServer(
-  options: TcpServerOptions = {},
-): Promise<TcpServer> {
-  const {
-    hostname = "localhost",
-    port = DEFAULT_PORT,
-    signal,
-    idleTimeout = 300,
-    maxConnections = 1024,
-    shutdownGrace = 10,
-    log = console.log,
-  } = options;
-  const listeners = listenAll(hostname, port);
-  const server = new ServerState({ idleTimeout, maxConnections, log });
-  const loops = Promise.all(listeners.map((l) => acceptLoop(l, server)));
-
-  let graceTimer: ReturnType<typeof setTimeout> | undefined;
-  const stop = () => {
-    // Stop accepting, close connections that have nothing in flight, and
-    // give the others a bounded time to finish their exchange.
-    server.stopping = true;
-    for (const listener of listeners) listener.close();
-    server.closeIdle();
-    graceTimer = setTimeout(() => server.closeAll(), shutdownGrace * 1000);
-  };
-  if (signal?.aborted) stop();
-  else signal?.addEventListener("abort", stop, { once: true });
-
-  const finished = (async () => {
-    await loops;
-    await server.drained();
-    server.stopTicking();
-    clearTimeout(graceTimer);
-  })();
+export async function startTcpServer(options: TcpServerOptions = {}): Promise<TcpServer> {
+  const { hostname = "localhost", port = DEFAULT_PORT, ...rest } = options;
+  const serverSockets = listenAll(hostname, port);
+  const finished = serve(serverSockets, rest);
   // Binding above is synchronous; staying async means a bind error reaches
   // the caller as a rejected promise, like every other failure here.
   await Promise.resolve();
-  return { addrs: listeners.map((l) => l.addr as Deno.NetAddr), finished };
+  return { addrs: serverSockets.map((l) => l.addr as Deno.NetAddr), finished };
 }
 
 /**
+ * Runs acceptLoop() on each welcoming socket (127.0.0.1 and ::1) until
+ * `signal` aborts; resolves once every connection has closed.
+ */
+async function serve(serverSockets: Deno.Listener[], options: ServeOptions): Promise<void> {
+  const server = new ServerState(options, upper); // the connections, their limits, the log
+  server.stopOn(options.signal, serverSockets); // a graceful shutdown when the signal comes
+  await Promise.all(serverSockets.map((serverSocket) => acceptLoop(serverSocket, server)));
+  await server.closed(); // after shutdown, the exchanges in flight finish
+}
+
+// ---------------------------------------------------------------------------
+// Binding: both loopback addresses
+// ---------------------------------------------------------------------------
+
+/**
  * Binds one listener, or two for `localhost`: 127.0.0.1 and ::1 on the same
- * port (with port 0, the port the system picked for the first).
+ * port (with port 0, the port the system picked for the first). Deno.listen
+ * is socket(), bind() and listen() in one call.
  */
 function listenAll(hostname: string, port: number): Deno.Listener[] {
   if (hostname !== "localhost") return [Deno.listen({ hostname, port })];
@@ -281,10 +215,85 @@ function listenAll(hostname: string, port: number): Deno.Listener[] {
   }
 }
 
+// ---------------------------------------------------------------------------
+// The service on bytes: an ASCII fast path worked out from upper()
+// ---------------------------------------------------------------------------
+
+const encoder = new TextEncoder();
+
+/** Input bytes decoded and passed to the service at a time, once a client sends non-ASCII text. */
+const TEXT_SLICE = 16 * 1024;
+
+/** A function from text to text, like upper(): the service. */
+type TextService = (sentence: string) => string;
+
+/**
+ * The service's replies to plain ASCII, as a table from byte to byte, worked
+ * out once from the service itself, so that the service stays in one place.
+ * There is a table only if the service turns each ASCII character into one
+ * ASCII character, on its own as within a text (upper(), lowercase and rot13
+ * do; counting the letter s does not). Otherwise: undefined, and every reply
+ * goes through decode, the service and encode.
+ */
+function asciiTable(service: TextService): Uint8Array | undefined {
+  const table = new Uint8Array(128);
+  let all = "";
+  let replies = "";
+  for (let byte = 0; byte < 128; byte++) {
+    const character = String.fromCharCode(byte);
+    const reply = service(character);
+    if (reply.length !== 1 || reply.charCodeAt(0) >= 0x80) return undefined;
+    table[byte] = reply.charCodeAt(0);
+    all += character;
+    replies += reply;
+  }
+  return service(all) === replies ? table : undefined;
+}
+
+/**
+ * Replaces the leading ASCII bytes in place by their table entries and
+ * returns how many it did: all of them for plain ASCII, what most clients
+ * send; no decoding, no encoding. It stops at the first byte that is not
+ * ASCII and leaves the rest alone: a service need not give the same reply
+ * twice (rot13), so a byte must be replaced once only.
+ */
+function replyAsciiInPlace(bytes: Uint8Array, table: Uint8Array): number {
+  const length = bytes.length;
+  for (let i = 0; i < length; i++) {
+    const byte = bytes[i];
+    if (byte >= 0x80) return i;
+    bytes[i] = table[byte];
+  }
+  return length;
+}
+
+/**
+ * Hands a connection's buffer back at once. Left to the garbage collector it
+ * waits for the next collection, which an idle server may not run for a long
+ * time: transfer(0) detaches it, and its memory is freed now.
+ */
+function release(buffer: Uint8Array<ArrayBuffer> | undefined) {
+  try {
+    buffer?.buffer.transfer(0);
+  } catch {
+    // Not detachable: the garbage collector frees it later.
+  }
+}
+
+// ---------------------------------------------------------------------------
+// The connections: limits, timeouts, shutdown, the log
+// ---------------------------------------------------------------------------
+
+/** Log lines of one kind written per second; the rest are counted in one summary line. */
+const LOG_LINES_PER_SECOND = 10;
+
+/** The longest pause between accept() tries while out of file descriptors. */
+const MAX_ACCEPT_PAUSE_MS = 100;
+
 /** The kinds of log lines; each kind is limited on its own (see LogLimiter). */
 type LogKind = "served" | "evicted" | "refused" | "accept errors";
 
-/** The connections in flight, their limits, and the log. */
+/** The connections in flight, their limits, the service, and the log. */
 class ServerState {
   stopping = false;
   /** null with --quiet: then not even the client's address is looked up. */
@@ -292,22 +301,27 @@ class ServerState {
   readonly idleMs: number;
   readonly maxConnections: number;
   readonly open = new Set<Client>();
+  /** The service, upper(), and its ASCII table (see asciiTable). */
+  readonly service: TextService;
+  readonly asciiTable: Uint8Array | undefined;
+  #graceMs: number;
+  /** Per welcoming socket: the back-off while out of file descriptors. */
+  #acceptPauseMs = new Map<Deno.Listener, number>();
+  #graceTimer: ReturnType<typeof setTimeout> | undefined;
   #drained = Promise.withResolvers<void>();
   #limiter: LogLimiter | undefined;
   #ticker: ReturnType<typeof setInterval> | undefined;
   #tickMs: number;
   #ticks = 0;
 
-  constructor(
-    options: {
-      idleTimeout: number;
-      maxConnections: number;
-      log: ((line: string) => void) | null;
-    },
-  ) {
-    this.idleMs = options.idleTimeout * 1000;
-    this.maxConnections = options.maxConnections;
-    this.log = options.log;
+  constructor(options: ServeOptions, service: TextService) {
+    const { idleTimeout = 300, maxConnections = 1024, shutdownGrace = 10 } = options;
+    this.idleMs = idleTimeout * 1000;
+    this.maxConnections = maxConnections;
+    this.#graceMs = shutdownGrace * 1000;
+    this.log = options.log === undefined ? console.log : options.log;
+    this.service = service;
+    this.asciiTable = asciiTable(service);
     if (this.log) this.#limiter = new LogLimiter(this.log);
     // One timer for the whole server, not one per connection restarted on
     // every read: a few times per idle timeout it closes the clients idle
@@ -316,6 +330,29 @@ class ServerState {
     if (this.idleMs > 0 || this.#limiter) {
       this.#ticker = setInterval(() => this.tick(), this.#tickMs);
     }
+  }
+
+  /**
+   * When `signal` aborts: stop accepting, close the connections that have
+   * nothing in flight, and give the others a bounded time to finish.
+   */
+  stopOn(signal: AbortSignal | undefined, serverSockets: Deno.Listener[]) {
+    const stop = () => {
+      this.stopping = true;
+      for (const serverSocket of serverSockets) serverSocket.close();
+      this.closeIdle();
+      this.#graceTimer = setTimeout(() => this.closeAll(), this.#graceMs);
+    };
+    if (signal?.aborted) stop();
+    else signal?.addEventListener("abort", stop, { once: true });
+  }
+
+  /** Resolves once, after shutdown began, the last connection has closed; stops the clock. */
+  async closed(): Promise<void> {
+    await this.#drained.promise;
+    clearInterval(this.#ticker);
+    this.#limiter?.endSecond(); // the last summaries
+    clearTimeout(this.#graceTimer);
   }
 
   /** The server's clock: the idle sweep, and the log's summary once a second. */
@@ -335,12 +372,6 @@ class ServerState {
         client.close(`closed after ${this.idleMs / 1000} s idle`);
       }
     }
-  }
-
-  /** Stops the clock once the server has shut down, and writes the last summaries. */
-  stopTicking() {
-    clearInterval(this.#ticker);
-    this.#limiter?.endSecond();
   }
 
   /**
@@ -372,7 +403,6 @@ class ServerState {
     this.open.add(client);
     return client;
   }
-
   /**
    * At the cap, a newcomer takes the place of the connection that made
    * progress longest ago. Refusing newcomers instead lets whoever fills the
@@ -388,6 +418,23 @@ class ServerState {
       if (oldest === undefined || client.lastProgress < oldest.lastProgress) oldest = client;
     }
     oldest?.close(`evicted at ${cap}: the least recently active`, "evicted");
+  }
+
+  /**
+   * serverSocket.accept(), its failures handled (see acceptFailed): the new
+   * connection, or undefined if none was accepted.
+   */
+  async accept(serverSocket: Deno.Listener): Promise<Deno.Conn | undefined> {
+    try {
+      const conn = await serverSocket.accept();
+      this.#acceptPauseMs.delete(serverSocket);
+      return conn;
+    } catch (error) {
+      if (this.stopping) return undefined; // we closed the welcoming socket ourselves
+      const pauseMs = this.#acceptPauseMs.get(serverSocket) ?? 0;
+      this.#acceptPauseMs.set(serverSocket, await this.acceptFailed(error, pauseMs));
+      return undefined;
+    }
   }
 
   /**
@@ -446,11 +493,6 @@ class ServerState {
   closeAll() {
     for (const client of [...this.open]) client.close("closed at end of shutdown grace");
   }
-
-  /** Resolves when, after shutdown began, the last connection has closed. */
-  drained(): Promise<void> {
-    return this.#drained.promise;
-  }
 }
 
 /**
@@ -490,7 +532,10 @@ class LogLimiter {
   }
 }
 
-/** One client's connection: byte counts, idle clock, full writes, one log line. */
+/**
+ * One client's connection: its buffers and its text decoder, byte counts,
+ * the idle clock, full writes, and one log line.
+ */
 class Client {
   bytesIn = 0;
   bytesOut = 0;
@@ -500,6 +545,27 @@ class Client {
   #server: ServerState;
   #outcome = "";
   #closed = false;
+  /**
+   * Start small, like the textbook's recv(1024): an idle connection then
+   * costs little (10,000 idle clients with 16 KiB each would hold 160 MB).
+   * A read that fills the buffer means the client is sending a lot: grow it,
+   * up to 64 KiB, so a big transfer takes fewer, larger reads.
+   */
+  #buffer: Uint8Array<ArrayBuffer> = new Uint8Array(1024);
+  #lastRead = 0;
+  /**
+   * A UTF-8 character can be split across two reads; a streaming decoder
+   * keeps the first half until the rest arrives. Invalid bytes become U+FFFD;
+   * ignoreBOM keeps a leading byte order mark, as Python's decode() does.
+   * Plain ASCII, what most clients send, needs no decoder: it is made at the
+   * first byte above 0x7f, and from then on every read goes through it.
+   */
+  #decoder: TextDecoder | undefined;
+  /**
+   * The reply to a slice of non-ASCII text is encoded into one buffer per
+   * connection, made with the decoder and reused (see #capitalize).
+   */
+  #reply: Uint8Array<ArrayBuffer> | undefined;
 
   constructor(conn: Deno.Conn, server: ServerState) {
     this.#conn = conn;
@@ -509,6 +575,86 @@ class Client {
   /** Restarts the idle clock: called whenever a read or a write makes progress. */
   touch() {
     this.lastProgress = Date.now();
+  }
+
+  /**
+   * The buffer for the next read. It is grown here, once the reply to the
+   * read that filled it has gone out, not when that read came: a client that
+   * never reads then holds only the buffer it filled, which is released when
+   * it leaves.
+   */
+  buffer(): Uint8Array<ArrayBuffer> {
+    const size = this.#buffer.length;
+    if (this.#lastRead === size && size < 64 * 1024) this.#buffer = new Uint8Array(size * 4);
+    return this.#buffer;
+  }
+
+  /** Counts a read of `n` bytes into buffer() and returns them. */
+  received(n: number): Uint8Array {
+    this.touch(); // progress: restart the idle clock (every write does too)
+    this.bytesIn += n;
+    this.#lastRead = n;
+    return this.#buffer.subarray(0, n);
+  }
+
+  /**
+   * Sends the service's reply to `sentence` (whose bytes it may change).
+   * Plain ASCII goes through the service's ASCII table, in place. From the
+   * first byte that is not ASCII on, this connection's bytes go through the
+   * decoder, the service and the encoder.
+   */
+  reply(sentence: Uint8Array): Promise<void> {
+    // Not async: plain ASCII, the common case, costs no promise of its own.
+    if (this.#decoder !== undefined) return this.#replyText(sentence, 0);
+    const table = this.#server.asciiTable;
+    const replied = table === undefined ? 0 : replyAsciiInPlace(sentence, table);
+    if (replied === sentence.length) return this.write(sentence);
+    this.#decoder = new TextDecoder("utf-8", { ignoreBOM: true });
+    this.#reply = new Uint8Array(3 * TEXT_SLICE + 16);
+    return this.#replyText(sentence, replied);
+  }
+
+  /** reply() past plain ASCII; the first `replied` bytes are already their reply. */
+  async #replyText(sentence: Uint8Array, replied: number) {
+    // upper() can triple the bytes (ΐ: 2 bytes -> 6). Work through the
+    // read in slices and send each before the next, so a client that never
+    // reads holds one slice's reply here, not three whole reads.
+    for (let start = 0; start < sentence.length; start += TEXT_SLICE) {
+      const slice = sentence.subarray(start, start + TEXT_SLICE);
+      await this.write(this.#capitalize(slice, { replied: Math.max(0, replied - start) }));
+    }
+  }
+
+  /** Flushes the decoder: a character cut off at the very end becomes U+FFFD. */
+  async endReply() {
+    if (this.#decoder) await this.write(this.#capitalize(new Uint8Array(), { end: true }));
+  }
+
+  /**
+   * The textbook's three steps for one slice of bytes: decode, the service,
+   * encode, into #reply, which holds three times TEXT_SLICE (+16): upper()
+   * makes no character grow more than threefold, ΐ and ΰ from 2 bytes to 6,
+   * an invalid byte to U+FFFD's 3 (+16 covers a character cut between two
+   * slices). A service that grows text more gets a buffer of its own.
+   * The first `replied` bytes are already their own reply (ASCII through
+   * the table, at the first byte that was not): they are copied first, so
+   * that the reply to one read still goes out in one write.
+   * It is synchronous on purpose: the strings die before the caller waits on
+   * a write, so a client that never reads does not keep them alive.
+   */
+  #capitalize(bytes: Uint8Array, { replied = 0, end = false } = {}): Uint8Array {
+    const done = bytes.subarray(0, Math.min(replied, bytes.length));
+    const sentence = this.#decoder!.decode(bytes.subarray(done.length), { stream: !end });
+    const capitalizedSentence = this.#server.service(sentence);
+    const reply = this.#reply!;
+    reply.set(done);
+    const { read, written } = encoder.encodeInto(capitalizedSentence, reply.subarray(done.length));
+    if (read === capitalizedSentence.length) return reply.subarray(0, done.length + written);
+    const encoded = encoder.encode(capitalizedSentence); // too long for the buffer
+    const whole = new Uint8Array(done.length + encoded.length);
+    whole.set(done);
+    whole.set(encoded, done.length);
+    return whole;
   }
 
   /**
@@ -547,6 +693,16 @@ class Client {
     }
     this.#server.forget(this);
   }
+
+  /**
+   * Hands the buffers back once the exchange is over. Not in close(): an
+   * eviction or the idle sweep closes a connection while a read may still
+   * be writing into the buffer.
+   */
+  releaseBuffers() {
+    release(this.#buffer);
+    release(this.#reply);
+  }
 }
 
 function closeQuietly(conn: Deno.Conn) {
@@ -557,34 +713,31 @@ function closeQuietly(conn: Deno.Conn) {
   }
 }
 
-/**
- * Formats an address as HOST:PORT, with brackets around IPv6 hosts.
- *
- * @example
- * ```ts
- * formatAddr({ transport: "tcp", hostname: "::1", port: 12000 }); // "[::1]:12000"
- * ```
- */
-export function formatAddr(addr: Deno.NetAddr): string {
+/** Formats an address as HOST:PORT, with brackets around IPv6 hosts: [::1]:12000. */
+function formatAddr(addr: Deno.NetAddr): string {
   const host = addr.hostname.includes(":") ? `[${addr.hostname}]` : addr.hostname;
   return `${host}:${addr.port}`;
 }
 
-/**
- * Formats the bound addresses for the ready line.
- *
- * @example
- * ```ts
- * formatAddrs([{ transport: "tcp", hostname: "127.0.0.1", port: 80 }]); // "127.0.0.1:80"
- * ```
- */
-export function formatAddrs(addrs: Deno.NetAddr[]): string {
-  return addrs.map(formatAddr).join(" and ");
+/** The bound addresses for the ready line: 127.0.0.1:12000 and [::1]:12000. */
+function formatAddrs(serverSockets: Deno.Listener[]): string {
+  return serverSockets.map((l) => formatAddr(l.addr as Deno.NetAddr)).join(" and ");
 }
 
-// ===========================================================================
-// Command line
-// ===========================================================================
+/** The line after the ready line: who can reach the server. */
+function whoCanConnect(hostname: string): string {
+  return isLoopback(hostname)
+    ? "Only this machine can connect (loopback); use --host 0.0.0.0 or --host :: to serve other hosts."
+    : `Serving other hosts too (--host ${hostname}): anyone who can reach this machine can connect.`;
+}
+
+function isLoopback(hostname: string): boolean {
+  return hostname === "localhost" || hostname === "::1" || hostname.startsWith("127.");
+}
+
+// ---------------------------------------------------------------------------
+// The command line, errors, the log on stdout, signals
+// ---------------------------------------------------------------------------
 
 const USAGE = `Usage: deno run --allow-net tcp_server.ts [options]
 
@@ -611,7 +764,7 @@ Examples:
   deno run --allow-net tcp_server.ts --host 0.0.0.0   # the textbook's two-host exercise`;
 
 /** Parsed command-line options of the server. */
-export interface ServerArgs {
+interface ServerArgs {
   help: boolean;
   hostname: string;
   port: number;
@@ -621,14 +774,26 @@ export interface ServerArgs {
 }
 
 /**
- * Parses the command line; throws a {@linkcode UsageError} on bad input.
- *
- * @example
- * ```ts
- * parseServerArgs(["--port", "0"]).port; // 0
- * ```
+ * Parses the command line and returns the options, or the exit code once
+ * it has printed the usage (--help, 0) or the mistake (2).
  */
-export function parseServerArgs(args: string[]): ServerArgs {
+function parseCommandLine(args: string[]): ServerArgs | number {
+  let options: ServerArgs;
+  try {
+    options = parseServerArgs(args);
+  } catch (error) {
+    printError(`${(error as Error).message} (see --help)`);
+    return 2;
+  }
+  if (options.help) {
+    console.log(USAGE);
+    return 0;
+  }
+  return options;
+}
+
+/** Parses the command line; throws a UsageError on bad input. */
+function parseServerArgs(args: string[]): ServerArgs {
   const { values, positionals } = parseUsage(() =>
     parseArgs({
       args,
@@ -666,7 +831,7 @@ export function parseServerArgs(args: string[]): ServerArgs {
 }
 
 /** A mistake on the command line: exit code 2. */
-export class UsageError extends Error {}
+class UsageError extends Error {}
 
 function parseUsage<T>(parse: () => T): T {
   try {
@@ -700,6 +865,12 @@ function parseNumber(
     throw new UsageError(`${flag} must be ${kind} from ${min} to ${max}, not "${text}"`);
   }
   return value;
+}
+
+/** Says why the server could not bind, in one line; returns the exit code. */
+function cannotListen(error: unknown, options: { hostname: string; port: number }): number {
+  printError(describe(error, options));
+  return error instanceof Deno.errors.NotCapable ? 2 : 1;
 }
 
 /** One line that tells the user what went wrong and what to do. */
@@ -828,11 +999,13 @@ const SHUTDOWN_SIGNALS = { SIGHUP: 1, SIGINT: 2, SIGTERM: 15 } as const;
 const SAME_SIGNAL_MS = 200;
 
 /**
- * Calls `shutDown` on the first SIGINT (Ctrl-C), SIGTERM (kill) or SIGHUP
- * (the terminal closed). A later second signal quits at once with the
- * shell's code for it, 128 + its number: 130 for SIGINT, 143 for SIGTERM.
+ * Returns a signal that aborts on the first SIGINT (Ctrl-C), SIGTERM (kill)
+ * or SIGHUP (the terminal closed), after a line saying so. A later second
+ * signal quits at once with the shell's code for it, 128 + its number: 130
+ * for SIGINT, 143 for SIGTERM.
  */
-function onShutdownSignals(shutDown: () => void) {
+function shutDownOnSignals(stdout: StdoutLog): AbortSignal {
+  const controller = new AbortController();
   let firstAt: number | undefined;
   for (const [name, number] of Object.entries(SHUTDOWN_SIGNALS)) {
     try {
@@ -840,7 +1013,10 @@ function onShutdownSignals(shutDown: () => void) {
         const now = performance.now();
         if (firstAt === undefined) {
           firstAt = now;
-          shutDown();
+          stdout.line(
+            "Shutting down: finishing the exchanges in flight (press Ctrl-C again to quit now)",
+          );
+          controller.abort();
         } else if (now - firstAt > SAME_SIGNAL_MS) {
           Deno.exit(128 + number);
         }
@@ -849,66 +1025,7 @@ function onShutdownSignals(shutDown: () => void) {
       // Windows has no SIGHUP or SIGTERM; Ctrl-C still works there.
     }
   }
-}
-
-/**
- * Runs the server from the command line and resolves to the exit code.
- *
- * @example
- * ```ts
- * const code = await main(["--help"]); // prints usage, returns 0
- * ```
- */
-export async function main(args: string[]): Promise<number> {
-  let options: ServerArgs;
-  try {
-    options = parseServerArgs(args);
-  } catch (error) {
-    printError(`${(error as Error).message} (see --help)`);
-    return 2;
-  }
-  if (options.help) {
-    console.log(USAGE);
-    return 0;
-  }
-
-  const stdout = new StdoutLog();
-  const controller = new AbortController();
-  onShutdownSignals(() => {
-    stdout.line(
-      "Shutting down: finishing the exchanges in flight (press Ctrl-C again to quit now)",
-    );
-    controller.abort();
-  });
-
-  let server: TcpServer;
-  try {
-    server = await startTcpServer({
-      hostname: options.hostname,
-      port: options.port,
-      idleTimeout: options.idleTimeout,
-      maxConnections: options.maxConnections,
-      signal: controller.signal,
-      log: options.quiet ? null : stdout.line,
-    });
-  } catch (error) {
-    printError(describe(error, options));
-    return error instanceof Deno.errors.NotCapable ? 2 : 1;
-  }
-  stdout.line(`The server is ready to receive on ${formatAddrs(server.addrs)}`);
-  stdout.line(
-    isLoopback(options.hostname)
-      ? "Only this machine can connect (loopback); use --host 0.0.0.0 or --host :: to serve other hosts."
-      : `Serving other hosts too (--host ${options.hostname}): anyone who can reach this machine can connect.`,
-  );
-  await server.finished;
-  stdout.line("The server has shut down.");
-  await stdout.flush(500); // a stdout nobody reads must not keep us from exiting
-  return 0;
-}
-
-function isLoopback(hostname: string): boolean {
-  return hostname === "localhost" || hostname === "::1" || hostname.startsWith("127.");
+  return controller.signal;
 }
 
 function printError(message: string) {
