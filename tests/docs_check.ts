@@ -62,13 +62,19 @@ const GOODBYE = "The server has shut down.";
 const COMMAND_MS = 120_000;
 const READY_MS = 30_000;
 
-/** One ```sh block and what the comments before it say. */
-interface Block {
+/** One fenced block and what the comments before it say. */
+export interface Block {
+  /** The document, relative to the project. */
   file: string;
+  /** The line of the opening fence (1-based). */
   line: number;
+  /** The fence's language: sh, text, json... */
   language: string;
+  /** The lines between the fences. */
   lines: string[];
+  /** Why the block is not run (`<!-- check: skip: REASON -->`). */
   skip?: string;
+  /** Tools the block needs (`<!-- check: needs: javac -->`). */
   needs: string[];
   /** A text block marked `<!-- check: output -->`. */
   output: boolean;
@@ -77,14 +83,22 @@ interface Block {
 }
 
 /** One command of a block, with what its comment expects. */
-interface Command {
+export interface Command {
+  /** Its line in the document. */
   line: number;
+  /** The command, continuation lines joined, without the comment. */
   text: string;
+  /** Texts the output must show (`# prints: TEXT`). */
   prints: string[];
+  /** The exit code expected (`exits N`; 0 otherwise). */
   exits: number;
+  /** Whether a reader types `hello` and Enter (then Ctrl-D or Ctrl-C). */
   typed: boolean;
+  /** Whether the reader stops it with Ctrl-C. */
   ctrlC: boolean;
+  /** Whether it starts one of this project's servers (run in the background). */
   server: boolean;
+  /** Whether it only sets state (`export`, `cd`, `X=...`), repeated before later commands. */
   state: boolean;
 }
 
@@ -95,7 +109,8 @@ interface Command {
  * @example
  * ```ts
  * import assert from "node:assert/strict";
- * const text = "<!-- check: skip: slow -->\n\n```sh\nls\n```\n";
+ * const fence = "`".repeat(3);
+ * const text = `<!-- check: skip: slow -->\n\n${fence}sh\nls\n${fence}\n`;
  * const [block] = parseBlocks("x.md", text);
  * assert.equal(block.skip, "slow");
  * assert.deepEqual(block.lines, ["ls"]);
