@@ -401,7 +401,7 @@ function notAllowed(error: Error, { hostname, port }: { hostname: string; port: 
   const host = (name: string) => name.includes(":") ? `[${name}]` : name;
   const names = hostname === "localhost" ? ["127.0.0.1", "::1"] : [hostname];
   const needed = names.map((name) => `${host(name)}:${port}`);
-  const grant = `--allow-net=${needed.join(",")}`;
+  const grant = `--allow-net='${needed.join(",")}'`; // quoted: zsh expands [::1]
   const probes = [...needed, "127.0.0.1", "[::1]", "localhost"].flatMap((h) => [h, `${h}:${port}`]);
   const listGiven = probes.some((probe) => {
     try {

@@ -909,7 +909,7 @@ function notAllowed(error: Error, { hostname, port }: { hostname: string; port: 
   const names = hostname === "localhost" ? ["127.0.0.1", "::1"] : [hostname];
   // With --port 0 any port may be picked: only a grant without a port covers it.
   const needed = names.map((name) => port === 0 ? host(name) : `${host(name)}:${port}`);
-  const grant = `--allow-net=${needed.join(",")}`;
+  const grant = `--allow-net='${needed.join(",")}'`; // quoted: zsh expands [::1]
   const probes = [...needed, "127.0.0.1", "[::1]", "localhost"].flatMap((h) => [h, `${h}:${port}`]);
   const listGiven = probes.some((probe) => {
     try {

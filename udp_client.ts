@@ -454,7 +454,7 @@ function permissionMessage(
   }
   const what = denied.endsWith(":0") ? " (the client's own socket)" : "";
   const example = grant
-    ? `, as in --allow-net=${grant.join(",")}`
+    ? `, as in --allow-net='${grant.join(",")}'`
     : ` (a name needs the addresses it resolves to as well, with port ${port})`;
   return `Network access to ${denied}${what} was not granted: add it to --allow-net${example}`;
 }

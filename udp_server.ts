@@ -325,7 +325,7 @@ function logSendFailed(
   // --allow-net=127.0.0.1:12000 lets us bind, but not answer.
   const why = error instanceof Deno.errors.NotCapable
     ? `the --allow-net grant does not include ${formatAddr(clientAddress)} (replies go to ` +
-      "each client's own port: grant hosts without a port, as in --allow-net=127.0.0.1,[::1])"
+      "each client's own port: grant hosts without a port, as in --allow-net='127.0.0.1,[::1]')"
     : describe(error);
   server.logs?.line("failed", `Could not reply to ${formatAddr(clientAddress)}: ${why}`);
 }
@@ -727,7 +727,7 @@ function permissionMessage(
       "hosts needs the whole --allow-net flag (it answers each client at its own address and port)";
   }
   return `Network access to ${denied} was not granted: grant the hosts without ` +
-    `a port, as in --allow-net=${hosts.join(",")} (each reply goes to the client's own port)`;
+    `a port, as in --allow-net='${hosts.join(",")}' (each reply goes to the client's own port)`;
 }
 
 /** Whether this process may use the network at `host` ("127.0.0.1:12000"). */

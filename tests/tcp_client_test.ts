@@ -403,7 +403,7 @@ Deno.test({
     assert.equal(
       line,
       "error: Network access to 127.0.0.1:12000 was not granted: " +
-        "add it to --allow-net (--allow-net=127.0.0.1:12000,[::1]:12000)",
+        "add it to --allow-net (--allow-net='127.0.0.1:12000,[::1]:12000')",
     );
   },
 });

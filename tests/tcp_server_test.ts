@@ -950,7 +950,7 @@ Deno.test({
     assert.equal(
       line,
       `error: Network access to [::1]:${p} was not granted: ` +
-        `add it to --allow-net (--allow-net=127.0.0.1:${p},[::1]:${p})`,
+        `add it to --allow-net (--allow-net='127.0.0.1:${p},[::1]:${p}')`,
     );
   },
 });

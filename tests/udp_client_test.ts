@@ -270,7 +270,7 @@ Deno.test({
     const line = await expectOneLineError("udp_client.ts", ["--port", "12000", "x"], {
       code: 2,
       pattern:
-        /^error: Network access to \[::\]:0 \(the client's own socket\) was not granted: add it to --allow-net, as in --allow-net=127\.0\.0\.1:12000,\[::1\]:12000,\[::\]:0$/,
+        /^error: Network access to \[::\]:0 \(the client's own socket\) was not granted: add it to --allow-net, as in --allow-net='127\.0\.0\.1:12000,\[::1\]:12000,\[::\]:0'$/,
       flags: ["--allow-net=127.0.0.1:12000,[::1]:12000"],
     });
     assert.doesNotMatch(line, /run again with the --allow-net flag/);
@@ -284,7 +284,7 @@ Deno.test({
     await expectOneLineError("udp_client.ts", ["--host", "127.0.0.1", "--port", "12000", "x"], {
       code: 2,
       pattern:
-        /^error: Network access to 127\.0\.0\.1:12000 was not granted: add it to --allow-net, as in --allow-net=127\.0\.0\.1:12000,0\.0\.0\.0:0$/,
+        /^error: Network access to 127\.0\.0\.1:12000 was not granted: add it to --allow-net, as in --allow-net='127\.0\.0\.1:12000,0\.0\.0\.0:0'$/,
       flags: ["--allow-net=0.0.0.0:0"],
     });
   },

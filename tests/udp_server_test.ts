@@ -810,7 +810,7 @@ Deno.test({
       code: 2,
       pattern: new RegExp(
         `^error: Network access to \\[::1\\]:${p} was not granted: grant the ` +
-          "hosts without a port, as in --allow-net=127\\.0\\.0\\.1,\\[::1\\]",
+          "hosts without a port, as in --allow-net='127\\.0\\.0\\.1,\\[::1\\]'",
       ),
       flags: [`--allow-net=127.0.0.1:${p}`],
     });
@@ -830,7 +830,7 @@ Deno.test({
     const port = await server.readyPort();
     assert.equal(await udpExchange({ port, data: utf8("hi"), ms: 300 }), undefined);
     await server.waitForLine(
-      /^Could not reply to 127\.0\.0\.1:(\d+): the --allow-net grant does not include 127\.0\.0\.1:\1 \(replies go to each client's own port: grant hosts without a port, as in --allow-net=127\.0\.0\.1,\[::1\]\)$/,
+      /^Could not reply to 127\.0\.0\.1:(\d+): the --allow-net grant does not include 127\.0\.0\.1:\1 \(replies go to each client's own port: grant hosts without a port, as in --allow-net='127\.0\.0\.1,\[::1\]'\)$/,
     );
     server.kill("SIGTERM");
     assert.equal((await server.finish()).code, 0);
