@@ -113,6 +113,7 @@ function setupFailure(message: string, seconds = 0): GradescopeResults {
 }
 
 const USAGE = `Usage: deno task grade [--output PATH]
+       deno task grade --class DIR --out OUT [--help for its options]
 
 Runs the grading checks on the programs named by UDP_SERVER, UDP_CLIENT,
 TCP_SERVER and TCP_CLIENT (command templates; {host} and {port} are filled in)
@@ -138,6 +139,11 @@ GRADE_CLIENT_DEADLINE (see the README, "Grading student submissions").`;
  * ```
  */
 export async function main(args: string[]): Promise<number> {
+  if (args.some((arg) => arg === "--class" || arg.startsWith("--class="))) {
+    // A whole class: its own options (see class/main.ts and docs/class_grading.md).
+    const { classMain } = await import("./class/main.ts");
+    return await classMain(args, { gradescope: toGradescope });
+  }
   let values;
   try {
     ({ values } = parseArgs({
