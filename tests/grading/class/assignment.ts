@@ -78,8 +78,8 @@ export class AssignmentError extends Error {
  *
  * @example
  * ```ts
- * import { assertEquals } from "node:assert/strict";
- * assertEquals(defaultAssignment().roles.length, 4);
+ * import assert from "node:assert/strict";
+ * assert.deepEqual(defaultAssignment().roles.length, 4);
  * ```
  */
 export function defaultAssignment(): Assignment {
@@ -117,10 +117,10 @@ export async function readAssignment(path: string): Promise<Assignment> {
  *
  * @example
  * ```ts
- * import { assertEquals } from "node:assert/strict";
+ * import assert from "node:assert/strict";
  * const a = parseAssignment({ roles: ["tcp_server"], points: { "tcp_server.basic": 3 } }, "a.json");
- * assertEquals(a.points["tcp_server.basic"], 3);
- * assertEquals(a.points["tcp_server.utf8"], 1);
+ * assert.deepEqual(a.points["tcp_server.basic"], 3);
+ * assert.deepEqual(a.points["tcp_server.utf8"], 1);
  * ```
  */
 export function parseAssignment(json: unknown, where: string): Assignment {
@@ -281,7 +281,7 @@ function isObject(value: unknown): boolean {
  *
  * @example
  * ```ts
- * import { assert } from "node:assert/strict";
+ * import assert from "node:assert/strict";
  * assert(matchesPattern("src/Server_TCP.py", "server*.py"));
  * ```
  */

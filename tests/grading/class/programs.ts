@@ -180,10 +180,10 @@ function transportFromSource(source: string): "tcp" | "udp" | undefined {
  *
  * @example
  * ```ts
- * import { assertEquals } from "node:assert/strict";
- * assertEquals(portFromSource("serverPort = 6789\n"), 6789);
- * assertEquals(portFromSource("ServerSocket s = new ServerSocket(5000);"), 5000);
- * assertEquals(portFromSource("port = int(sys.argv[1])"), undefined);
+ * import assert from "node:assert/strict";
+ * assert.deepEqual(portFromSource("serverPort = 6789\n"), 6789);
+ * assert.deepEqual(portFromSource("ServerSocket s = new ServerSocket(5000);"), 5000);
+ * assert.deepEqual(portFromSource("port = int(sys.argv[1])"), undefined);
  * ```
  */
 export function portFromSource(source: string): number | undefined {

@@ -103,7 +103,10 @@ export function gradebookCsv(reports: StudentReport[], assignment: Assignment): 
 export function canvasCsv(reports: StudentReport[], assignment: Assignment): string {
   const header = ["Student", "ID", "SIS User ID", "SIS Login ID", "Section", assignment.name];
   const points = ["    Points Possible", "", "", "", "", maxPoints(assignment)];
-  const rows = reports.map((r) => [r.name, r.id ?? "", "", "", "", r.total]);
+  // Only Canvas's file names carry Canvas's user id.
+  const rows = reports.map((
+    r,
+  ) => [r.name, r.layout === "canvas" ? r.id ?? "" : "", "", "", "", r.total]);
   return stringify([header, points, ...rows]);
 }
 
@@ -128,7 +131,8 @@ export function moodleCsv(reports: StudentReport[], assignment: Assignment): str
   ];
   const max = maxPoints(assignment);
   const rows = reports.map((r) => [
-    r.id ? `Participant ${r.id}` : "",
+    // Only Moodle's folder names carry the participant number.
+    r.layout === "moodle" && r.id ? `Participant ${r.id}` : "",
     r.name,
     "",
     "Submitted for grading",
@@ -148,7 +152,7 @@ function summaryLine(report: StudentReport): string {
     role.program.state === "ready" ? role.checks.filter((c) => !c.passed).map((c) => c.name) : []
   );
   const parts = [`${report.total} of ${report.max} points.`];
-  if (report.error) parts.push(report.error + ".");
+  if (report.error) parts.push(capitalize(report.error) + ".");
   if (failed.length > 0) parts.push(`Failed: ${failed.join("; ")}.`);
   return parts.join(" ");
 }
@@ -201,7 +205,7 @@ export function feedbackMarkdown(report: StudentReport, assignment: Assignment):
   const out: string[] = [];
   out.push(`# ${assignment.name}: feedback for ${report.name}`, "");
   out.push(`**${round(report.total)} of ${report.max} points** (${report.status}).`);
-  if (report.error) out.push("", `${report.error}.`);
+  if (report.error) out.push("", `${capitalize(report.error)}.`);
   if (report.late) out.push("", "Canvas marked this submission late.");
   for (const note of report.notes) out.push("", note);
   for (const role of report.roles) {

@@ -207,10 +207,10 @@ function keepLatest(student: Student) {
  *
  * @example
  * ```ts
- * import { assertEquals } from "node:assert/strict";
- * assertEquals(safeName("Zoë  Ådahl"), "Zoë_Ådahl");
- * assertEquals(safeName("../etc/passwd"), "etc_passwd");
- * assertEquals(safeName("..."), "student");
+ * import assert from "node:assert/strict";
+ * assert.deepEqual(safeName("Zoë  Ådahl"), "Zoë_Ådahl");
+ * assert.deepEqual(safeName("../etc/passwd"), "etc_passwd");
+ * assert.deepEqual(safeName("..."), "student");
  * ```
  */
 export function safeName(name: string): string {
