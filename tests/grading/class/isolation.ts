@@ -40,11 +40,7 @@ const INSIDE = '"$0" link set lo up && "$@"';
  * ```
  */
 export async function probeIsolation(): Promise<Isolation> {
-  const none = (why: string): Isolation => ({
-    namespaces: false,
-    wrap: (argv) => argv,
-    description: `No network namespaces (${why}): one student at a time, on this machine's ports.`,
-  });
+  const none = noIsolation;
   if (Deno.build.os !== "linux") return none("not Linux");
   const ip = await findIp();
   if (ip === undefined) return none("no `ip` command (iproute2) to bring loopback up");
@@ -78,6 +74,23 @@ export async function probeIsolation(): Promise<Isolation> {
     }
   }
   return none(why);
+}
+
+/**
+ * No namespaces: every student's programs run on this machine's ports, so
+ * one student at a time.
+ *
+ * @example
+ * ```ts
+ * noIsolation("--no-namespaces").namespaces; // false
+ * ```
+ */
+export function noIsolation(why: string): Isolation {
+  return {
+    namespaces: false,
+    wrap: (argv) => argv,
+    description: `No network namespaces (${why}): one student at a time, on this machine's ports.`,
+  };
 }
 
 /** `ip`, on the PATH or where Debian and others put it (not always on an ordinary user's PATH). */
