@@ -6,7 +6,8 @@
  * several at once. Prints students per minute for each, the speed-up
  * against one at a time (measured in the same run), the time for 100
  * students, and where the time goes: the checks that waited longest, and
- * how many of them ran into a deadline.
+ * how many of them ran into a deadline; and whether grading several at
+ * once changed any grade.
  *
  * ```sh
  * deno task bench-grading             # 40 students; jobs 1, 2 and 8
@@ -94,8 +95,9 @@ async function gradeOnce(dir: string, jobs: number) {
       }
     }
   }
+  const gradebook = await Deno.readTextFile(join(out, "gradebook.csv"));
   await Deno.remove(out, { recursive: true });
-  return { seconds, checks, perStudent, isolation: log.split("\n")[0] };
+  return { seconds, checks, perStudent, gradebook, isolation: log.split("\n")[0] };
 }
 
 function table(rows: (string | number)[][]): string {
@@ -118,6 +120,18 @@ try {
     console.log(`jobs ${jobs}: ${run.seconds.toFixed(1)} s (${run.isolation})`);
   }
   const base = runs[0];
+  // Grading several at once must not change a grade.
+  for (const run of runs.slice(1)) {
+    const a = base.gradebook.split("\n");
+    const b = run.gradebook.split("\n");
+    const differ = a.filter((line, i) => line !== b[i]);
+    console.log(
+      `jobs ${run.jobs}: ${
+        differ.length === 0 ? "the same gradebook as" : `${differ.length} row(s) differ from`
+      } jobs ${base.jobs}`,
+    );
+    for (const line of differ) console.log(`  jobs ${base.jobs}: ${line}`);
+  }
   console.log("");
   console.log(table([
     ["students at once", "wall time", "students per minute", "speed-up", "100 students"],

@@ -441,6 +441,54 @@ Deno.test({
 });
 
 Deno.test({
+  name: "class grading: the assignment file picks the file, the command, the port and the points",
+  permissions: PERMISSIONS,
+  async fn() {
+    const dir = await tempDir();
+    try {
+      // main.py would not be found by its name; it takes HOST PORT arguments.
+      await sh(
+        `mkdir -p "$1/class/kim" && cp "$2" "$1/class/kim/main.py" && cat > "$1/a.json" <<'EOF'
+{
+  "roles": ["tcp_server"],
+  "checks": { "tcp_server": ["basic", "utf8"] },
+  "points": { "tcp_server.utf8": 2.5 },
+  "programs": { "tcp_server": { "files": ["MAIN.py"], "command": "python3 {file} '' 12345", "port": 12345 } }
+}
+EOF`,
+        dir,
+        join(ROOT, "tests", "fixtures", "good", "tcp_server.py"),
+      );
+      const run = await grade([
+        "--class",
+        join(dir, "class"),
+        "--out",
+        join(dir, "out"),
+        "--assignment",
+        join(dir, "a.json"),
+      ]);
+      assert.equal(run.code, 0, run.stderr);
+      const [row] = readCsv(await Deno.readTextFile(join(dir, "out", "gradebook.csv")));
+      assert.deepEqual(row, {
+        student: "kim",
+        id: "",
+        "tcp_server.basic": "1",
+        "tcp_server.utf8": "2.5",
+        total: "3.5",
+        max: "3.5",
+        status: "graded",
+        error: "",
+      });
+      const results = JSON.parse(await Deno.readTextFile(join(dir, "out", "results", "kim.json")));
+      assert.deepEqual(results.tests.map((t: { max_score: number }) => t.max_score), [1, 2.5]);
+      assert.equal(results.score, 3.5);
+    } finally {
+      await removeDir(dir);
+    }
+  },
+});
+
+Deno.test({
   name: "class grading: bad requests are one-line errors with exit code 2",
   permissions: PERMISSIONS,
   async fn() {
