@@ -356,8 +356,25 @@ async function gradeStudent(student: Student, options: ClassOptions): Promise<St
       seconds: (performance.now() - started) / 1000,
     };
   } finally {
+    // Without a namespace, a process that left its process group (fork,
+    // setsid) outlives the kit's kill; it still runs in the student's copy.
+    if (!isolation.namespaces) await killProcessesIn(root);
     await Deno.remove(root, { recursive: true }).catch(() => {});
   }
+}
+
+/**
+ * Kills every process whose working folder is under `dir` (the student's
+ * temporary copy): what is left of a student's programs once the kit has
+ * killed their process groups. Linux only; elsewhere nothing is done.
+ */
+async function killProcessesIn(dir: string) {
+  if (Deno.build.os !== "linux") return;
+  const script = `for p in /proc/[0-9]*; do
+    case "$(readlink "$p/cwd" 2>/dev/null)" in "$1"|"$1"/*) kill -9 "\${p#/proc/}" 2>/dev/null;; esac
+  done; exit 0`;
+  await new Deno.Command("sh", { args: ["-c", script, "sh", dir], stdout: "null", stderr: "null" })
+    .output().catch(() => {});
 }
 
 /** The checks of a role whose program ran, with points. */
