@@ -599,7 +599,9 @@ class Progress {
     if (!this.#terminal) return;
     const now = [...this.#running].join(", ");
     const line = `${this.#status()}${now ? `; grading ${now}` : ""}`;
-    const width = Deno.consoleSize?.().columns ?? 100;
+    // A terminal that does not say its width reports 0 columns.
+    const columns = Deno.consoleSize().columns;
+    const width = columns >= 20 ? columns : 200;
     Deno.stderr.writeSync(new TextEncoder().encode(`\r\x1b[K${line.slice(0, width - 1)}`));
   }
 
