@@ -679,11 +679,19 @@ Deno.test({
     const { code, stdout } = await server.finish();
     assert.equal(code, 0);
     // The accept errors happened, but the log says so in at most 10 lines a
-    // second, and one line counts the rest (written at the latest on exit).
+    // second, and one line a second counts the rest (the last at the latest
+    // on exit). Under load the errors can spread over two or three seconds.
     const verbatim = stdout.split("\n").filter((l) => l.startsWith("Could not accept")).length;
-    const counted = /^\.\.\. and (\d+) more accept errors in the last second$/m.exec(stdout)?.[1];
-    assert.ok(verbatim >= 1 && verbatim <= 20, `${verbatim} accept error lines:\n${stdout}`);
-    assert.ok(verbatim + Number(counted ?? 0) >= 250, `${verbatim} + ${counted} accept errors`);
+    const counts = [
+      ...stdout.matchAll(/^\.\.\. and (\d+) more accept errors in the last second$/gm),
+    ]
+      .map((match) => Number(match[1]));
+    const counted = counts.reduce((sum, n) => sum + n, 0);
+    assert.ok(
+      verbatim >= 1 && verbatim <= 10 * (counts.length + 1),
+      `${verbatim} lines:\n${stdout}`,
+    );
+    assert.ok(verbatim + counted >= 250, `${verbatim} + ${counts.join(" + ")} accept errors`);
   },
 });
 

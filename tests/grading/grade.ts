@@ -27,6 +27,7 @@ import {
   formatResults,
   FORMATS,
   type GradeOutcome,
+  toGradescope,
 } from "./formats.ts";
 import { type CheckResult, runRoles } from "./runner.ts";
 
@@ -34,6 +35,7 @@ import { type CheckResult, runRoles } from "./runner.ts";
 export { type GradescopeResults, type GradescopeTest, toGradescope } from "./formats.ts";
 
 const USAGE = `Usage: deno task grade [--output PATH] [--format FORMAT]
+       deno task grade --class DIR --out OUT [--help for its options]
 
 Runs the grading checks on the programs named by UDP_SERVER, UDP_CLIENT,
 TCP_SERVER and TCP_CLIENT (command templates; {host} and {port} are filled in)
@@ -67,6 +69,11 @@ GRADE_CLIENT_DEADLINE (see the README, "Grading student submissions").`;
  * ```
  */
 export async function main(args: string[]): Promise<number> {
+  if (args.some((arg) => arg === "--class" || arg.startsWith("--class="))) {
+    // A whole class: its own options (see class/main.ts and docs/class_grading.md).
+    const { classMain } = await import("./class/main.ts");
+    return await classMain(args, { gradescope: toGradescope });
+  }
   let values;
   try {
     ({ values } = parseArgs({

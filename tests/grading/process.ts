@@ -67,14 +67,18 @@ class Collected {
   #parts: Uint8Array[] = [];
   length = 0;
   truncated = false;
+  /** Bytes read past the cap, and not kept. */
+  dropped = 0;
 
   push(chunk: Uint8Array) {
     const room = OUTPUT_CAP - this.length;
     if (room <= 0) {
       this.truncated = true;
+      this.dropped += chunk.length;
       return;
     }
     const kept = chunk.length > room ? chunk.slice(0, room) : chunk;
+    this.dropped += chunk.length - kept.length;
     this.truncated ||= kept.length < chunk.length;
     this.#parts.push(kept);
     this.length += kept.length;
@@ -339,8 +343,13 @@ export class ProgramProcess implements AsyncDisposable {
     };
     const stdout = tail(this.stdoutText());
     const stderr = tail(this.stderrText());
-    return `--- its stdout${stdout ? `\n${stdout}` : " (empty)"}\n` +
-      `--- its stderr${stderr ? `\n${stderr}` : " (empty)"}`;
+    // A program that floods its output is cut at the cap: say so.
+    const cut = (stream: Collected) =>
+      stream.truncated
+        ? ` (cut: only its first ${OUTPUT_CAP} bytes were kept, ${stream.dropped} more were not)`
+        : "";
+    return `--- its stdout${cut(this.#stdout)}${stdout ? `\n${stdout}` : " (empty)"}\n` +
+      `--- its stderr${cut(this.#stderr)}${stderr ? `\n${stderr}` : " (empty)"}`;
   }
 
   /** Kills the group and reaps it. */
