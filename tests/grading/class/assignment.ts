@@ -49,12 +49,17 @@ export interface ProgramOverride {
 export interface Assignment {
   /** Shown in feedback; the column name of the Canvas export. */
   name: string;
+  /** The roles graded, in order. */
   roles: Role[];
+  /** The checks graded, per role. */
   checks: Record<Role, CheckId[]>;
   /** Points for each check, "tcp_server.basic" -> 1. */
   points: Record<string, number>;
+  /** What the assignment file says of each role's program (file, commands, port). */
   programs: Partial<Record<Role, ProgramOverride>>;
+  /** How long a server gets to become ready. */
   readyDeadlineMs: number;
+  /** How long a client gets to print the reply, or to give up. */
   clientDeadlineMs: number;
 }
 
@@ -63,10 +68,13 @@ export interface Assignment {
  *
  * @example
  * ```ts
- * throw new AssignmentError('assignment.json: "roles" names an unknown role "web"');
+ * import assert from "node:assert/strict";
+ * const error = new AssignmentError('assignment.json: "roles" names an unknown role "web"');
+ * assert.equal(error.name, "AssignmentError");
  * ```
  */
 export class AssignmentError extends Error {
+  /** Makes the error, with its one-line message. */
   constructor(message: string) {
     super(message);
     this.name = "AssignmentError";
@@ -90,7 +98,8 @@ export function defaultAssignment(): Assignment {
  * Reads and checks an assignment file.
  *
  * @example
- * ```ts
+ * ```ts ignore
+ * // ignore: reads an instructor's file (parseAssignment's example runs)
  * const assignment = await readAssignment("assignment.json");
  * ```
  */

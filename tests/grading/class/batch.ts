@@ -48,8 +48,11 @@ export interface ClassOptions {
   dir: string;
   /** Where gradebook.csv, feedback/ and results/ go. */
   out: string;
+  /** What to grade, and how many points each check is worth. */
   assignment: Assignment;
+  /** How students are kept apart (namespaces, or one at a time). */
   isolation: Isolation;
+  /** The interpreters and compilers found. */
   tools: Toolchain;
   /** grade.ts's toGradescope, for OUT/results (grade.ts loads this module: no import back). */
   gradescope: typeof toGradescope;
@@ -71,11 +74,15 @@ export interface ClassOptions {
 
 /** What a run did. */
 export interface ClassSummary {
+  /** Every student's report, graded now or kept from before. */
   reports: StudentReport[];
   /** Students graded in this run (the others' grades were kept). */
   graded: string[];
+  /** Students whose files did not change: their grades were kept. */
   skipped: string[];
+  /** Students graded at once. */
   jobs: number;
+  /** How long the run took. */
   seconds: number;
   /** Entries of the submissions folder that were no student's. */
   ignored: string[];
@@ -86,6 +93,7 @@ export interface ClassSummary {
  * such student): said in one line.
  */
 export class ClassError extends Error {
+  /** Makes the error, with its one-line message. */
   constructor(message: string) {
     super(message);
     this.name = "ClassError";
@@ -102,7 +110,8 @@ interface Stored {
  * OUT/feedback/KEY.md and OUT/results/KEY.json.
  *
  * @example
- * ```ts
+ * ```ts ignore
+ * // ignore: grades a whole folder of submissions (tests/class_grading_test.ts runs it)
  * const summary = await gradeClass({
  *   dir: "submissions", out: "grades", assignment: defaultAssignment(),
  *   isolation: await probeIsolation(), tools: await findToolchain(), gradescope: toGradescope,

@@ -19,14 +19,19 @@ import { type CheckResult, RoleRunner } from "../runner.ts";
 export interface ChildJob {
   /** The student's temporary copy: the programs run there. */
   cwd: string;
+  /** Each role to grade: its command template, its port and its checks. */
   roles: { role: Role; template: string; port: number; checks: CheckId[] }[];
+  /** How long a server gets to become ready. */
   readyDeadlineMs: number;
+  /** How long a client gets to print the reply, or to give up. */
   clientDeadlineMs: number;
 }
 
 /** What the child writes back. */
 export interface ChildOutput {
+  /** Every check's result, in order. */
   results: CheckResult[];
+  /** How long the student took. */
   seconds: number;
 }
 
@@ -36,8 +41,9 @@ export interface ChildOutput {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * const out = await runJob({ cwd: ".", roles: [], readyDeadlineMs: 5000, clientDeadlineMs: 10000 });
- * console.log(out.results.length); // 0
+ * assert.equal(out.results.length, 0); // no roles, no checks
  * ```
  */
 export async function runJob(job: ChildJob): Promise<ChildOutput> {

@@ -35,8 +35,10 @@ const INSIDE = '"$0" link set lo up && "$@"';
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * const isolation = await probeIsolation();
- * console.error(isolation.description);
+ * assert.equal(typeof isolation.namespaces, "boolean"); // what the machine allows
+ * assert.ok(isolation.description.length > 0);
  * ```
  */
 export async function probeIsolation(): Promise<Isolation> {
@@ -82,7 +84,8 @@ export async function probeIsolation(): Promise<Isolation> {
  *
  * @example
  * ```ts
- * noIsolation("--no-namespaces").namespaces; // false
+ * import assert from "node:assert/strict";
+ * assert.equal(noIsolation("--no-namespaces").namespaces, false);
  * ```
  */
 export function noIsolation(why: string): Isolation {

@@ -44,7 +44,8 @@ Exits 0 once the gradebook is written, whatever the grades; 2 for a usage error.
  * Runs the class grading from the command line; resolves to the exit code.
  *
  * @example
- * ```ts
+ * ```ts ignore
+ * // ignore: grades a whole folder of submissions (tests/class_grading_test.ts runs it)
  * import { toGradescope } from "../grade.ts";
  * const code = await classMain(["--class", "submissions", "--out", "grades"], {
  *   gradescope: toGradescope,

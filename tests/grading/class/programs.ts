@@ -50,10 +50,15 @@ export const TEXTBOOK_PORT = 12000;
 
 /** Which interpreters and compilers this machine has. */
 export interface Toolchain {
+  /** The python3 to run Python 3 programs with, if any. */
   python3?: string;
+  /** A python2 that runs (not a shim without its version), if any. */
   python2?: string;
+  /** The Java compiler, if any. */
   javac?: string;
+  /** The Java launcher, if any. */
   java?: string;
+  /** The C compiler, if any. */
   gcc?: string;
   /** This Deno, for JavaScript and TypeScript programs. */
   deno: string;
@@ -61,6 +66,7 @@ export interface Toolchain {
 
 /** One role's program, ready to run, or why there is none. */
 export interface RoleProgram {
+  /** The role this program plays. */
   role: Role;
   /** "ready" to run; "missing" (no file found); "failed" (it did not build). */
   state: "ready" | "missing" | "failed";
@@ -83,8 +89,9 @@ export interface RoleProgram {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * const tools = await findToolchain();
- * console.log(tools.javac ? "Java programs can be graded" : "no javac");
+ * assert.equal(tools.deno, Deno.execPath()); // javac, gcc, python2... where installed
  * ```
  */
 export async function findToolchain(): Promise<Toolchain> {
@@ -282,6 +289,7 @@ function rank(file: string): number {
 
 /** Options for {@linkcode prepareProgram}. */
 export interface PrepareOptions {
+  /** The role the program plays. */
   role: Role;
   /** The program's file relative to `dir`, or undefined if none was found. */
   file: string | undefined;
@@ -289,8 +297,11 @@ export interface PrepareOptions {
   dir: string;
   /** Every file of the submission, for the "looked for" message. */
   names: string[];
+  /** The assignment (commands and ports it overrides). */
   assignment: Assignment;
+  /** The interpreters and compilers found. */
   tools: Toolchain;
+  /** Where to add what the student should know (which Python ran it, say). */
   notes: string[];
 }
 

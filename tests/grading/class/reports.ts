@@ -20,23 +20,33 @@ import type { Layout } from "./students.ts";
 
 /** One check of one student, with its points. */
 export interface CheckOutcome extends CheckResult {
+  /** The points earned. */
   points: number;
+  /** The points the check is worth. */
   maxPoints: number;
 }
 
 /** One role of one student: its program (or why none) and its checks. */
 export interface RoleReport {
+  /** The role. */
   role: Role;
+  /** Its program, or why there is none. */
   program: RoleProgram;
+  /** Its checks, with points. */
   checks: CheckOutcome[];
 }
 
 /** Everything known about one student's grade. */
 export interface StudentReport {
+  /** The student's name, as the submissions folder gives it. */
   name: string;
+  /** A safe, unique file name for the student's feedback and results. */
   key: string;
+  /** Canvas's user id or Moodle's participant id, if the layout gives one. */
   id?: string;
+  /** How the submissions folder named the student's files. */
   layout: Layout;
+  /** Whether Canvas marked the submission late. */
   late: boolean;
   /**
    * "graded"; "empty" (no files at all); "void" (the grade cannot be
@@ -46,11 +56,15 @@ export interface StudentReport {
   status: "graded" | "empty" | "void" | "error";
   /** One line: what kept points away that is not a check's finding (missing programs, builds). */
   error: string;
+  /** Points earned. */
   total: number;
+  /** Points possible. */
   max: number;
+  /** Each role graded. */
   roles: RoleReport[];
   /** About the submission as a whole: files left out, how it was isolated. */
   notes: string[];
+  /** How long grading took. */
   seconds: number;
   /** When it was graded (ISO 8601). */
   gradedAt: string;
@@ -71,7 +85,10 @@ export function maxPoints(assignment: Assignment): number {
  *
  * @example
  * ```ts
- * await Deno.writeTextFile("out/gradebook.csv", gradebookCsv(reports, assignment));
+ * import assert from "node:assert/strict";
+ * import { defaultAssignment } from "./assignment.ts";
+ * const csv = gradebookCsv([], defaultAssignment());
+ * assert.match(csv, /^student,.*udp_server\.basic,.*total,max,status,error/);
  * ```
  */
 export function gradebookCsv(reports: StudentReport[], assignment: Assignment): string {

@@ -45,9 +45,11 @@ export interface Student {
   key: string;
   /** Canvas's user id or Moodle's participant id, if the layout gives one. */
   id?: string;
+  /** How the submissions folder named the student's files. */
   layout: Layout;
   /** Whether Canvas marked the submission late. */
   late: boolean;
+  /** The files graded (resubmissions resolved). */
   files: SubmittedFile[];
   /** What was left out, and why (a file that was submitted again, say). */
   notes: string[];
@@ -55,6 +57,7 @@ export interface Student {
 
 /** The students found, and what in the folder was not a student's. */
 export interface ClassFolder {
+  /** The students found. */
   students: Student[];
   /** The most common layout. */
   layout: Layout;
@@ -78,7 +81,8 @@ const RESUBMITTED = /^(.+)-(\d+)(\.[^.]*)?$/;
  * Reads the students of a submissions folder.
  *
  * @example
- * ```ts
+ * ```ts ignore
+ * // ignore: reads an instructor's folder (tests/class_grading_test.ts runs it on the fixtures)
  * const { students, layout } = await findStudents("submissions");
  * console.log(layout, students.map((s) => s.name));
  * ```
