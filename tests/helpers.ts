@@ -130,6 +130,8 @@ export interface StartOptions {
   flags?: string[];
   /** Standard input: "null" (default) or "piped" with this text written and closed. */
   input?: string;
+  /** Words before `deno run`: a command that runs it elsewhere (`nsenter -t PID -n`). */
+  prefix?: string[];
 }
 
 /**
@@ -168,8 +170,16 @@ export class Program implements AsyncDisposable {
 
   /** Starts `script` (relative to the project folder) with `args`. */
   static start(script: string, args: string[] = [], options: StartOptions = {}): Program {
-    const { flags = ["--allow-net"], input } = options;
-    const words = [Deno.execPath(), "run", "--no-prompt", ...flags, `${ROOT}${script}`, ...args];
+    const { flags = ["--allow-net"], input, prefix = [] } = options;
+    const words = [
+      ...prefix,
+      Deno.execPath(),
+      "run",
+      "--no-prompt",
+      ...flags,
+      `${ROOT}${script}`,
+      ...args,
+    ];
     return new Program(words.map(shellQuote).join(" "), input);
   }
 
