@@ -33,6 +33,7 @@ const DEFAULT_PORT = 12000; // serverPort = 12000 (--port changes it)
 async function main(args: string[]): Promise<number> {
   const options = parseCommandLine(args); // serverName (--host), --port; --help; mistakes
   if (typeof options === "number") return options; // exit 0 after --help, 2 after a mistake
+  if (options.session) return await sessionMain(options); // Part 3: seed 001's task
   // sentence = input('Input lowercase sentence:'): each line until Ctrl-D, or the arguments
   for await (const sentence of sentences(options.sentence, "Input lowercase sentence:")) {
     // print('From Server:', modifiedSentence.decode()): each piece as it arrives
@@ -267,6 +268,8 @@ export interface ClientArgs {
   timeout: number;
   /** The sentence from the positional arguments, or undefined to read input. */
   sentence: string | undefined;
+  /** --session: seed 001's task, many messages on one connection (Part 3). */
+  session: boolean;
 }
 
 const USAGE = `Usage: deno run --allow-net tcp_client.ts [options] [sentence...]
@@ -280,6 +283,9 @@ Options:
   --port PORT          server port (default: ${DEFAULT_PORT})
   --timeout SECONDS    limit for each whole exchange: connecting, sending and
                        the whole reply (default: 10)
+  --session            seed 001's task: one connection, many messages (one per
+                       line), each answered "Your data was N bytes"; Exit (sent
+                       at the end of the input too) disconnects
   --help               show this help
 
 Exit codes: 0 success, 1 network failure, 2 usage error.
@@ -329,6 +335,7 @@ export function parseClientArgs(args: string[]): ClientArgs {
         host: { type: "string", default: "localhost" },
         port: { type: "string", default: String(DEFAULT_PORT) },
         timeout: { type: "string", default: "10" },
+        session: { type: "boolean", default: false },
         help: { type: "boolean", short: "h", default: false },
       },
     });
@@ -350,6 +357,7 @@ export function parseClientArgs(args: string[]): ClientArgs {
     port: Number(values.port),
     timeout,
     sentence: positionals.length > 0 ? positionals.join(" ") : undefined,
+    session: values.session,
   };
 }
 
@@ -489,6 +497,206 @@ class OutputError extends Error {}
 function printError(message: string) {
   // %c styles the word in a terminal; Deno drops the style when piped.
   console.error(`%cerror%c: ${message}`, "color: red; font-weight: bold", "");
+}
+
+// ===========================================================================
+// Part 3: the session mode (seed 001's task)
+//
+// The Fall 2021 slides' TCPClientTask.py, with `--session`: one connection
+// for many messages. It asks "Enter message to send or type Exit to
+// disconnect:", sends the line, prints "Received Message from Server: "
+// and the reply, and asks again; "Exit" is answered "Disconnect" and ends
+// the session. Piped input works too: each line is a message, and at the
+// end of the input the client sends Exit itself, so the server sees a
+// proper goodbye (and says "Reply sent, Server socket closed").
+//
+// TCP carries bytes, not messages: what one send() wrote can arrive in
+// several recv()s, and two sends in one. So every message ends in "\n", and
+// so does every reply: the client reads until the "\n", however many reads
+// that takes, and keeps what came after it for the next reply.
+// ===========================================================================
+
+/** What the client asks before each message (prompt() adds a space). */
+const SESSION_QUESTION = "Enter message to send or type Exit to disconnect:";
+/** The message that ends a session. */
+const EXIT = "Exit";
+/** The longest reply line, in bytes, before the client gives up. */
+const MAX_REPLY_LINE_BYTES = 64 * 1024;
+
+/** Options for {@linkcode openSession}. */
+export interface SessionOptions {
+  /** Server name or address; `localhost` tries 127.0.0.1, then ::1. */
+  hostname: string;
+  /** Server port. */
+  port: number;
+  /** Seconds allowed for connecting, and for each reply. Default 10. */
+  timeout?: number;
+}
+
+/** An open session, as returned by {@linkcode openSession}. */
+export interface TcpSession {
+  /** Sends one message (a line: it must not contain "\n") and resolves to the reply line. */
+  send(message: string): Promise<string>;
+  /** Waits (up to the timeout) for the server to close, as it does after Exit; then closes. */
+  finish(): Promise<void>;
+  /** Closes the connection at once. */
+  close(): void;
+}
+
+/** main() for `--session`: one connection, a reply printed for each message. */
+async function sessionMain(options: ClientArgs): Promise<number> {
+  let session: TcpSession;
+  try {
+    // clientSocket.connect((serverName, serverPort)): once, for the whole session
+    session = await openSession(options);
+  } catch (error) {
+    return failed(error, options);
+  }
+  try {
+    let said = "";
+    // message = input('Enter message to send or type Exit to disconnect: ')
+    for await (const message of sessionMessages(options.sentence)) {
+      said = message;
+      // print('Received Message from Server:', clientSocket.recv(1024).decode())
+      await printLine(`Received Message from Server: ${await session.send(message)}`);
+      if (message === EXIT) break;
+    }
+    // The end of the input (Ctrl-D, or the last piped line): say goodbye as the slides do.
+    if (said !== EXIT) await printLine(`Received Message from Server: ${await session.send(EXIT)}`);
+    await session.finish(); // the server closes after "Disconnect"
+    return 0;
+  } catch (error) {
+    return failed(error, options);
+  } finally {
+    session.close(); // clientSocket.close()
+  }
+}
+
+/**
+ * Connects once and returns the session: each message is sent as a line and
+ * answered by a line.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { startSessionServer } from "./tcp_server.ts";
+ * const stop = new AbortController();
+ * const server = await startSessionServer({ port: 0, signal: stop.signal, log: null });
+ * const session = await openSession({ hostname: "localhost", port: server.addrs[0].port });
+ * assert.equal(await session.send("Hi"), "Your data was 2 bytes");
+ * assert.equal(await session.send("né😀"), "Your data was 7 bytes"); // UTF-8 bytes
+ * assert.equal(await session.send("Exit"), "Disconnect");
+ * await session.finish();
+ * stop.abort();
+ * await server.finished;
+ * ```
+ */
+export async function openSession(options: SessionOptions): Promise<TcpSession> {
+  const { hostname, port, timeout = 10 } = options;
+  const socket: { conn?: Deno.TcpConn } = {}; // set once connected; the deadline closes it
+  const closeQuietly = () => {
+    try {
+      socket.conn?.close();
+    } catch {
+      // Already closed.
+    }
+  };
+  /** Runs `work` within the timeout; when it passes, the socket is closed and work fails. */
+  const timed = async <T>(work: (signal: AbortSignal) => Promise<T>): Promise<T> => {
+    const deadline = new Deadline(timeout, closeQuietly);
+    try {
+      return await work(deadline.signal);
+    } catch (error) {
+      throw deadline.expired ? new TimeoutError(hostname, port, timeout) : error;
+    } finally {
+      deadline.clear();
+    }
+  };
+  const conn = socket.conn = await timed((signal) => connect(hostname, port, signal));
+  const replies = new ReplyLines(conn);
+  return {
+    send: (message) =>
+      timed(async () => {
+        // clientSocket.send(message.encode()), with the "\n" that ends it
+        await writeAll(conn, new TextEncoder().encode(`${message}\n`));
+        return await replies.next();
+      }),
+    finish: async () => {
+      try {
+        await timed(() => replies.end());
+      } catch {
+        // The server did not close in time, or reset: we close our side anyway.
+      }
+      closeQuietly();
+    },
+    close: closeQuietly,
+  };
+}
+
+/**
+ * The messages: the command-line words as one message, or each line typed
+ * (asking the slides' question) or piped.
+ */
+async function* sessionMessages(fromArgs: string | undefined): AsyncGenerator<string> {
+  for await (const text of sentences(fromArgs, SESSION_QUESTION)) {
+    // A "\n" ends a message: words given with one in them are several messages.
+    yield* text.split(/\r?\n/);
+  }
+}
+
+/** Prints one line to stdout, waiting for it to be taken (a full pipe, a slow terminal). */
+async function printLine(text: string) {
+  const printer = new ReplyPrinter("");
+  await printer.print(text);
+  await printer.end();
+}
+
+/**
+ * Reads a TCP stream as lines: the session's replies. A read returns what
+ * has arrived, part of a line or more than one; what follows a "\n" is kept
+ * for the next line. The text is decoded a whole line at a time, so a
+ * UTF-8 character split across reads stays whole.
+ */
+class ReplyLines {
+  #conn: Deno.Conn;
+  #pending = new Uint8Array(0);
+  #decoder = new TextDecoder();
+
+  constructor(conn: Deno.Conn) {
+    this.#conn = conn;
+  }
+
+  /** The next reply line, without its "\n" (or "\r\n"). */
+  async next(): Promise<string> {
+    for (;;) {
+      const newline = this.#pending.indexOf(10);
+      if (newline >= 0) {
+        const line = this.#pending.subarray(0, newline);
+        this.#pending = this.#pending.slice(newline + 1);
+        return this.#decoder.decode(line.at(-1) === 13 ? line.subarray(0, -1) : line);
+      }
+      if (this.#pending.length > MAX_REPLY_LINE_BYTES) {
+        throw new Error(`The server's reply is longer than ${MAX_REPLY_LINE_BYTES} bytes`);
+      }
+      const chunk = new Uint8Array(16 * 1024);
+      const n = await this.#conn.read(chunk);
+      if (n === null) {
+        throw new Error("The server closed the connection without a reply");
+      }
+      const joined = new Uint8Array(this.#pending.length + n);
+      joined.set(this.#pending);
+      joined.set(chunk.subarray(0, n), this.#pending.length);
+      this.#pending = joined;
+    }
+  }
+
+  /** Reads (and drops) what is left until the server closes its side. */
+  async end() {
+    const chunk = new Uint8Array(1024);
+    while (await this.#conn.read(chunk) !== null) {
+      // Nothing is expected after "Disconnect": drop it.
+    }
+  }
 }
 
 if (import.meta.main) {

@@ -37,6 +37,7 @@ async function main(args: string[]): Promise<number> {
   if (typeof options === "number") return options; // exit 0 after --help, 2 after a mistake
   const stdout = new StdoutLog(); // log lines that never hold the server up
   const signal = shutDownOnSignals(stdout); // Ctrl-C: finish the exchanges in flight, exit
+  if (options.session) return await sessionMain(options, stdout, signal); // Part 3: seed 001
   let serverSockets: Deno.Listener[];
   try {
     // serverSocket = socket(AF_INET, SOCK_STREAM)
@@ -752,6 +753,8 @@ Options:
                            limit, ulimit -n, if lower) a new client takes the place
                            of the least recently active one (default: 1024)
   --quiet                  no log lines about clients (the ready line stays)
+  --session                seed 001's task: many messages per connection, one per line,
+                           each answered "Your data was N bytes"; "Exit" disconnects
   --help                   show this help
 
 Log lines of one kind past ${LOG_LINES_PER_SECOND} a second are counted in one summary line.
@@ -771,6 +774,8 @@ interface ServerArgs {
   idleTimeout: number;
   maxConnections: number;
   quiet: boolean;
+  /** --session: seed 001's task (Part 3). */
+  session: boolean;
 }
 
 /**
@@ -805,6 +810,7 @@ function parseServerArgs(args: string[]): ServerArgs {
         "idle-timeout": { type: "string", default: "300" },
         "max-connections": { type: "string", default: "1024" },
         quiet: { type: "boolean", default: false },
+        session: { type: "boolean", default: false },
         help: { type: "boolean", short: "h", default: false },
       },
     })
@@ -827,6 +833,7 @@ function parseServerArgs(args: string[]): ServerArgs {
       max: 1_000_000,
     }),
     quiet: values.quiet,
+    session: values.session,
   };
 }
 
@@ -1031,6 +1038,285 @@ function shutDownOnSignals(stdout: StdoutLog): AbortSignal {
 function printError(message: string) {
   // %c styles the word in a terminal; Deno drops the style when piped.
   console.error(`%cerror%c: ${message}`, "color: red; font-weight: bold", "");
+}
+
+// ===========================================================================
+// Part 3: the session mode (seed 001's task)
+//
+// The Fall 2021 slides' TCP task (TCPServerTask.py), with `--session`: one
+// connection carries many messages. Each message is answered "Your data was
+// N bytes"; "Exit" is answered "Disconnect", and the server closes that
+// connection and goes on listening. The log says what the slides' server
+// says, in the same order:
+//
+//   Listening at 127.0.0.1:12000 and [::1]:12000
+//   The server now is connected to: 127.0.0.1:49694
+//   Socket connects between 127.0.0.1:12000 and 127.0.0.1:49694
+//   Received Message from Client: Hi
+//   Received Message from Client: Exit
+//   Reply sent, Server socket closed
+//   Listening at 127.0.0.1:12000 and [::1]:12000
+//
+// One send is not one message on a TCP stream. TCP carries bytes, not
+// messages: two quick sends can arrive in one recv(), and one long send in
+// many. The slides' server takes each recv() as one message, which works for
+// one person typing slowly and breaks for anything faster. Here each message
+// is a line: the client sends it with "\n" at its end, the server reads
+// until the "\n" however many reads that takes, and keeps whatever came
+// after it for the next message. Replies are lines too.
+//
+// Concurrent, not iterative as in the slides: a session lasts as long as
+// somebody types, so an iterative server would keep every other client
+// waiting that long (a client that connects and says nothing, until the idle
+// timeout). Each session runs in its own async task; Part 2's defences hold
+// for sessions too: the connection cap, the idle timeout, accept errors,
+// the graceful shutdown. With several sessions at once their log lines
+// interleave.
+// ===========================================================================
+
+/** The message that ends a session, and the server's answer to it. */
+const EXIT = "Exit";
+const DISCONNECT = "Disconnect";
+
+/**
+ * The longest message, in bytes. A line longer than this gets an error reply
+ * ("Error: message longer than 65536 bytes") and the connection is closed:
+ * the server keeps at most this much of one client's line in memory, and
+ * after an overlong line it cannot tell where the next message starts. A
+ * client still sending when the server closes may get a reset instead of
+ * the error reply: closing with unread bytes makes the kernel send RST.
+ */
+const MAX_MESSAGE_BYTES = 64 * 1024;
+
+/** Characters of a message shown in the log; the rest is cut (the count says how long it was). */
+const LOGGED_CHARACTERS = 200;
+
+/**
+ * The session's service: the reply to one message, counted in UTF-8 bytes
+ * (what crossed the wire, without the newline), not in characters: "é" is
+ * 2 bytes, "😀" is 4.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * assert.equal(sessionReply(new TextEncoder().encode("Hi")), "Your data was 2 bytes");
+ * assert.equal(sessionReply(new TextEncoder().encode("né😀")), "Your data was 7 bytes");
+ * ```
+ */
+export function sessionReply(message: Uint8Array): string {
+  return `Your data was ${message.length} bytes`;
+}
+
+/**
+ * Starts the session server (`--session`) and resolves once it is bound,
+ * like {@linkcode startTcpServer}. Every message is a line; so is every reply.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * const stop = new AbortController();
+ * const server = await startSessionServer({ port: 0, signal: stop.signal, log: null });
+ * const conn = await Deno.connect({ hostname: "127.0.0.1", port: server.addrs[0].port });
+ * await conn.write(new TextEncoder().encode("Hi\nné\nExit\n")); // three messages, one write
+ * const replies = await new Response(conn.readable).text(); // the server closes after Exit
+ * assert.equal(replies, "Your data was 2 bytes\nYour data was 3 bytes\nDisconnect\n");
+ * stop.abort();
+ * await server.finished;
+ * ```
+ */
+export async function startSessionServer(options: TcpServerOptions = {}): Promise<TcpServer> {
+  const { hostname = "localhost", port = DEFAULT_PORT, ...rest } = options;
+  const serverSockets = listenAll(hostname, port);
+  const finished = serveSessions(serverSockets, rest);
+  await Promise.resolve(); // a bind error above reaches the caller as a rejected promise
+  return { addrs: serverSockets.map((l) => l.addr as Deno.NetAddr), finished };
+}
+
+/** main() for `--session`: binds, says "Listening at", serves sessions until a signal. */
+async function sessionMain(
+  options: ServerArgs,
+  stdout: StdoutLog,
+  signal: AbortSignal,
+): Promise<number> {
+  let serverSockets: Deno.Listener[];
+  try {
+    serverSockets = listenAll(options.hostname, options.port); // bind() and listen()
+  } catch (error) {
+    return cannotListen(error, options);
+  }
+  // print('Listening at', serverSocket.getsockname())
+  stdout.line(`Listening at ${formatAddrs(serverSockets)}`);
+  stdout.line(whoCanConnect(options.hostname));
+  await serveSessions(serverSockets, {
+    ...options,
+    signal,
+    log: options.quiet ? null : stdout.line,
+  });
+  stdout.line("The server has shut down.");
+  await stdout.flush(500);
+  return 0;
+}
+
+/** Accepts clients on every welcoming socket and runs a session for each, until `signal`. */
+async function serveSessions(serverSockets: Deno.Listener[], options: ServeOptions) {
+  const log = options.log === undefined ? console.log : options.log;
+  // Part 2's ServerState brings the cap, the idle sweep, accept errors and
+  // the shutdown; its own log lines are off: the slides' lines replace them.
+  const server = new ServerState({ ...options, log: null }, upper);
+  server.stopOn(options.signal, serverSockets);
+  const listening = `Listening at ${formatAddrs(serverSockets)}`;
+  await Promise.all(serverSockets.map(async (serverSocket) => {
+    while (!server.stopping) {
+      // connectionSocket, addr = serverSocket.accept()
+      const connectionSocket = await server.accept(serverSocket);
+      if (connectionSocket) serveSession(connectionSocket, server, { log, listening });
+    }
+  }));
+  await server.closed();
+}
+
+/** One client's session: a reply to each message, until Exit or the end of its stream. */
+async function serveSession(
+  connectionSocket: Deno.Conn,
+  server: ServerState,
+  { log, listening }: { log: ((line: string) => void) | null; listening: string },
+): Promise<void> {
+  const client = server.track(connectionSocket); // the cap, the idle clock, byte counts
+  if (client === undefined) return; // the server is shutting down: already closed
+  const peer = formatAddr(connectionSocket.remoteAddr as Deno.NetAddr);
+  log?.(`The server now is connected to: ${peer}`);
+  log?.(
+    `Socket connects between ${formatAddr(connectionSocket.localAddr as Deno.NetAddr)} and ${peer}`,
+  );
+  const messages = new LineReader(connectionSocket, MAX_MESSAGE_BYTES);
+  let ending = "Client left without Exit, Server socket closed";
+  try {
+    for (;;) {
+      // data = connectionSocket.recv(1024): here one whole line, however many reads it takes
+      const message = await messages.next(() => client.touch()); // null: the client closed
+      if (message === null) break;
+      client.bytesIn += message.length;
+      const text = new TextDecoder().decode(message); // invalid bytes become U+FFFD
+      log?.(`Received Message from Client: ${forLog(text)}`);
+      if (text === EXIT) {
+        await client.write(encoder.encode(`${DISCONNECT}\n`));
+        ending = "Reply sent, Server socket closed";
+        break;
+      }
+      await client.write(encoder.encode(`${sessionReply(message)}\n`));
+    }
+  } catch (error) {
+    ending = await sessionFailed(error, client, server);
+  } finally {
+    client.close(); // connectionSocket.close()
+    client.releaseBuffers();
+    log?.(ending);
+    log?.(listening); // the slides' server goes back to accept(); this one never left it
+  }
+}
+
+/** Says why a session ended early, in the log's words; answers an overlong line first. */
+async function sessionFailed(error: unknown, client: Client, server: ServerState) {
+  if (error instanceof LineTooLongError) {
+    try {
+      await client.write(encoder.encode(`Error: message longer than ${MAX_MESSAGE_BYTES} bytes\n`));
+    } catch {
+      // The client is gone: the connection is closed below anyway.
+    }
+    return `Message longer than ${MAX_MESSAGE_BYTES} bytes, Server socket closed`;
+  }
+  if (server.stopping) return "Server shutting down, Server socket closed";
+  if (server.idleMs > 0 && Date.now() - client.lastProgress >= server.idleMs) {
+    return `Client idle for ${server.idleMs / 1000} s, Server socket closed`;
+  }
+  return `Session ended (${describe(error)}), Server socket closed`;
+}
+
+/**
+ * A message as the log shows it: control characters escaped (a client must
+ * not move the cursor or clear the screen of whoever reads the log), and
+ * cut after LOGGED_CHARACTERS.
+ */
+function forLog(text: string): string {
+  const shown = text.length > LOGGED_CHARACTERS
+    ? `${text.slice(0, LOGGED_CHARACTERS)}... (${text.length} characters)`
+    : text;
+  const controls = /\p{Cc}/gu; // U+0000-U+001F and U+007F-U+009F
+  return shown.replace(
+    controls,
+    (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`,
+  );
+}
+
+/** A line longer than the reader's limit. */
+class LineTooLongError extends Error {}
+
+/**
+ * Cuts a TCP byte stream into lines, the session's messages. A read returns
+ * whatever has arrived: part of a line, or several lines. So it scans for
+ * "\n", returns the line before it (without "\n" or a "\r" before it, as
+ * Windows' telnet and nc -C send), and keeps the rest for the next call. A
+ * "\n" byte never occurs inside a multibyte UTF-8 character, so a line is
+ * always whole text. It holds at most `max` + 2 bytes: a longer line throws
+ * a LineTooLongError.
+ */
+class LineReader {
+  #conn: Deno.Conn;
+  #max: number;
+  #buffer = new Uint8Array(1024);
+  #start = 0; // the first byte not yet returned
+  #end = 0; // one past the last byte read
+  #scanned = 0; // bytes after #start known to hold no "\n"
+
+  constructor(conn: Deno.Conn, max: number) {
+    this.#conn = conn;
+    this.#max = max;
+  }
+
+  /**
+   * The next line, or null at the end of the stream. A last line without its
+   * "\n" still counts: the client said all it had to say. `onProgress` runs
+   * after each read (the idle clock).
+   */
+  async next(onProgress: () => void): Promise<Uint8Array | null> {
+    for (;;) {
+      const from = this.#start + this.#scanned;
+      const newline = this.#buffer.subarray(from, this.#end).indexOf(10);
+      if (newline >= 0) return this.#take(from + newline, 1);
+      this.#scanned = this.#end - this.#start;
+      if (this.#scanned >= this.#max + 2) throw new LineTooLongError();
+      this.#makeRoom();
+      const n = await this.#conn.read(this.#buffer.subarray(this.#end));
+      if (n === null) return this.#end > this.#start ? this.#take(this.#end, 0) : null;
+      onProgress();
+      this.#end += n;
+    }
+  }
+
+  /** Returns the bytes up to `at` and skips `skip` more (the "\n"). */
+  #take(at: number, skip: number): Uint8Array {
+    let line = this.#buffer.slice(this.#start, at);
+    if (line.at(-1) === 13 && skip === 1) line = line.subarray(0, -1); // "\r\n"
+    this.#start = at + skip;
+    this.#scanned = 0;
+    if (line.length > this.#max) throw new LineTooLongError();
+    return line;
+  }
+
+  /** Before a read: move the unread bytes to the front, or grow the buffer (up to the limit). */
+  #makeRoom() {
+    if (this.#end < this.#buffer.length) return;
+    const pending = this.#end - this.#start;
+    if (this.#start > 0) {
+      this.#buffer.copyWithin(0, this.#start, this.#end);
+    } else {
+      const bigger = new Uint8Array(Math.min(this.#buffer.length * 4, this.#max + 2));
+      bigger.set(this.#buffer);
+      this.#buffer = bigger;
+    }
+    this.#start = 0;
+    this.#end = pending;
+  }
 }
 
 if (import.meta.main) {

@@ -56,7 +56,8 @@ const SHELL_LANGUAGES = new Set([
   "cmd",
 ]);
 const SERVER = /\bdeno run\b.*\b(?:tcp|udp)_server\.ts\b|\btask (?:tcp|udp)-server\b/;
-const READY = "The server is ready to receive";
+/** A server's ready line: the textbook's, or "Listening at" in the session mode (seed 001). */
+const READY = /^(?:The server is ready to receive|Listening at )/m;
 const GOODBYE = "The server has shut down.";
 /** A command's limit; the grading examples are the slowest (about 30 s). */
 const COMMAND_MS = 120_000;
@@ -266,7 +267,7 @@ async function runBlock(
       if (command.server) {
         const program = spawn(command);
         servers.push({ command, program });
-        const ready = await program.waitUntil(() => program.stdoutText().includes(READY), READY_MS);
+        const ready = await program.waitUntil(() => READY.test(program.stdoutText()), READY_MS);
         if (!ready) {
           failures.push(
             `${

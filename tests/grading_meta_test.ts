@@ -8,6 +8,7 @@
  */
 import assert from "node:assert/strict";
 import {
+  type Assignment,
   type GradeConfig,
   GRADING_VARIABLES,
   loadConfig,
@@ -31,10 +32,15 @@ interface Fixture {
   says?: Partial<Record<CheckId, RegExp>>;
   /** Its third argument is the port it "hard-codes": a free one, picked by the test. */
   hardcodesPort?: boolean;
+  /** The assignment it is graded on (`GRADE_ASSIGNMENT`); default the uppercase app. */
+  assignment?: Assignment;
 }
 
 /** Every check of `role`: for fixtures that cannot pass any. */
 const every = (role: Role): CheckId[] => checksFor(role).map((check) => check.id);
+
+/** The checks of a fixture's role in its assignment. */
+const checksOf = (fixture: Fixture) => checksFor(fixture.role, fixture.assignment);
 
 const FIXTURES: Fixture[] = [
   {
@@ -222,6 +228,51 @@ const FIXTURES: Fixture[] = [
     bug: "textbook: one recv(1024), no timeout",
     fails: ["long1k", "long2k", "split", "no_reply"],
   },
+  // Seed 001's TCP task (GRADE_ASSIGNMENT=session): a correct server and
+  // client in Python, and the mistakes the slides' programs make.
+  {
+    file: "session/tcp_server.py",
+    role: "tcp_server",
+    assignment: "session",
+    bug: "none: a correct session server",
+    fails: [],
+  },
+  {
+    file: "session/tcp_server_counts_characters.py",
+    role: "tcp_server",
+    assignment: "session",
+    bug: "session: counts characters, not UTF-8 bytes",
+    fails: ["session_bytes"],
+    says: {
+      session_bytes:
+        /"né" \(3 bytes\): expected the reply "Your data was 3 bytes", got "Your data was 2 bytes"/,
+    },
+  },
+  {
+    file: "session/tcp_server_one_recv.py",
+    role: "tcp_server",
+    assignment: "session",
+    bug: "session: one recv() taken as one message",
+    fails: ["session_two_in_one", "session_split"],
+    says: {
+      session_two_in_one: /took the whole recv\(\) as one message/,
+      session_split: /took one recv\(\) as one message/,
+    },
+  },
+  {
+    file: "session/tcp_client.py",
+    role: "tcp_client",
+    assignment: "session",
+    bug: "none: a correct session client",
+    fails: [],
+  },
+  {
+    file: "session/tcp_client_one_recv.py",
+    role: "tcp_client",
+    assignment: "session",
+    bug: "session: one recv() taken as one reply",
+    fails: ["session_split"],
+  },
   // Correct programs in another language: no false failures.
   ...(["udp_server", "udp_client", "tcp_server", "tcp_client"] as const).map((role) => ({
     file: `good/${role}.py`,
@@ -282,6 +333,7 @@ function configFor(fixture: Fixture, hardcodedPort: number): GradeConfig {
       ...QUICK,
       [ROLE_ENV[fixture.role]]: templateFor(fixture.file, { args }),
       GRADE_ROLES: fixture.role,
+      GRADE_ASSIGNMENT: fixture.assignment ?? "uppercase",
     },
   });
 }
@@ -334,7 +386,7 @@ Deno.test({
   name: "grading meta-test: the expectation table names only existing checks",
   fn: () => {
     for (const fixture of FIXTURES) {
-      const ids = checksFor(fixture.role).map((check) => check.id);
+      const ids = checksOf(fixture).map((check) => check.id);
       for (const id of fixture.fails) assert.ok(ids.includes(id), `${fixture.file}: ${id}`);
     }
     const buggy = FIXTURES.filter((f) => f.fails.length > 0 && !f.file.startsWith("textbook/"));
@@ -473,7 +525,7 @@ Deno.test({
           limit: CONCURRENCY,
           // TCP servers have the most checks; waiting checks cost the most.
           weight: (fixture) =>
-            checksFor(fixture.role).length +
+            checksOf(fixture).length +
             fixture.fails.filter((id) => SLOW_WHEN_FAILED.includes(id)).length * 4,
           work: (fixture) =>
             new RoleRunner({
@@ -488,7 +540,7 @@ Deno.test({
       runGrade(fixedPort),
     ]);
     for (const [i, fixture] of FIXTURES.entries()) {
-      const fails = fixture.fails.length === checksFor(fixture.role).length
+      const fails = fixture.fails.length === checksOf(fixture).length
         ? "every check"
         : fixture.fails.join(", ");
       await t.step(`${fixture.file} (${fixture.bug}) fails ${fails}`, () => {

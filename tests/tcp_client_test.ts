@@ -143,6 +143,7 @@ Deno.test({
       port: 5000,
       timeout: 10,
       sentence: "hello world",
+      session: false,
     });
     assert.equal(parseClientArgs([]).sentence, undefined);
     assert.throws(() => parseClientArgs(["--port", "0"]), /--port must be/);

@@ -8,7 +8,7 @@
  *
  * @module
  */
-import type { Role } from "./config.ts";
+import type { Assignment, Role } from "./config.ts";
 import {
   CheckFailure,
   escapeBytes,
@@ -29,6 +29,7 @@ import {
 } from "./net.ts";
 import type { ProgramProcess } from "./process.ts";
 import { startReferenceServer } from "./reference.ts";
+import { sessionChecksFor } from "./session.ts";
 import {
   type Middleman,
   startLossyUdpProxy,
@@ -37,8 +38,11 @@ import {
   startSplitProxy,
 } from "./proxies.ts";
 
-/** The checks, by id. Which apply depends on the role. */
-export type CheckId =
+/** The checks, by id. Which apply depends on the role and the assignment. */
+export type CheckId = UppercaseCheckId | SessionCheckId;
+
+/** The checks of the uppercase app, the textbook's assignment (the default). */
+export type UppercaseCheckId =
   | "basic"
   | "mixed"
   | "utf8"
@@ -52,6 +56,15 @@ export type CheckId =
   | "multiline"
   | "closes"
   | "serves_many";
+
+/** The checks of the session assignment (`GRADE_ASSIGNMENT=session`, see session.ts). */
+export type SessionCheckId =
+  | "session_many"
+  | "session_bytes"
+  | "session_two_in_one"
+  | "session_split"
+  | "session_exit"
+  | "session_next_client";
 
 /** Deadline for a server's reply, in ms. */
 const REPLY_MS = 3000;
@@ -80,7 +93,7 @@ export function longLine(bytes: number): string {
 }
 
 /** The sentence each check sends. */
-export const SENTENCES: Readonly<Record<CheckId, string>> = {
+export const SENTENCES: Readonly<Record<UppercaseCheckId, string>> = {
   basic: "hello world",
   mixed: "Hello, World! It's 3 o'clock; ready? (yes/no) #42 [ok] {done} ~fin",
   // Characters whose uppercase Python 3.11 and JavaScript agree on; ß, ΐ and
@@ -178,7 +191,7 @@ export interface ClientCheck {
 /** Any check. */
 export type Check = ServerCheck | ClientCheck;
 
-const TITLES: Readonly<Record<CheckId, string>> = {
+const TITLES: Readonly<Record<UppercaseCheckId, string>> = {
   basic: "basic ASCII sentence",
   mixed: "mixed case and punctuation",
   utf8: "multibyte UTF-8 (ü ß ΐ ﬁ 😀 €)",
@@ -268,7 +281,7 @@ function expectUppercase(reply: Reply, request: Uint8Array, { note = "" } = {}):
 }
 
 /** A server check that sends the check's sentence and expects it back uppercased. */
-function sentenceCheck(id: CheckId, hint: string): ServerCheck {
+function sentenceCheck(id: UppercaseCheckId, hint: string): ServerCheck {
   return {
     side: "server",
     id,
@@ -592,7 +605,7 @@ async function expectClientPrints(
 }
 
 /** A client check: the client must print the check's sentence uppercased. */
-function clientSentenceCheck(id: CheckId, hint: string): ClientCheck {
+function clientSentenceCheck(id: UppercaseCheckId, hint: string): ClientCheck {
   return {
     side: "client",
     id,
@@ -767,7 +780,8 @@ function noReplyCheck(transport: "tcp" | "udp"): ClientCheck {
 }
 
 /**
- * The checks for `role`, in the order they run. For a server the checks
+ * The checks for `role` in `assignment` (default the uppercase app; for
+ * "session" see {@linkcode sessionChecksFor}), in the order they run. For a server the checks
  * most likely to crash it run last: the concurrency check (closing its
  * silent client ends a readLine() with null) and invalid UTF-8.
  *
@@ -781,7 +795,8 @@ function noReplyCheck(transport: "tcp" | "udp"): ClientCheck {
  * );
  * ```
  */
-export function checksFor(role: Role): Check[] {
+export function checksFor(role: Role, assignment: Assignment = "uppercase"): Check[] {
+  if (assignment === "session") return sessionChecksFor(role); // seed 001's TCP task
   switch (role) {
     case "tcp_server":
       return [

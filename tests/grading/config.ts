@@ -38,6 +38,17 @@ export const ROLE_LABEL: Readonly<Record<Role, string>> = {
   tcp_client: "TCP client",
 };
 
+/**
+ * What the programs under test were asked to do (`GRADE_ASSIGNMENT`): the
+ * textbook's uppercase app (the default), or seed 001's TCP session task
+ * ("session": many messages per connection, "Your data was N bytes", Exit),
+ * which has TCP roles only.
+ */
+export type Assignment = "uppercase" | "session";
+
+/** Every assignment, the default first. */
+export const ASSIGNMENTS: readonly Assignment[] = ["uppercase", "session"];
+
 /** The address a server under test binds, and the one a client under test is given. */
 export const LOOPBACK = "127.0.0.1";
 
@@ -64,6 +75,8 @@ export interface GradeConfig {
    * waited for.
    */
   clientDeadlineMs: number;
+  /** The assignment graded (`GRADE_ASSIGNMENT`, default "uppercase"). */
+  assignment: Assignment;
   /** Folder the templates run in: where the command was started (`INIT_CWD` under deno task). */
   cwd: string;
 }
@@ -98,7 +111,7 @@ export class ConfigError extends Error {
  * assert.match(defaultTemplate("tcp_client"), /tcp_client\.ts --host \{host\} --port \{port\} --timeout 1$/);
  * ```
  */
-export function defaultTemplate(role: Role): string {
+export function defaultTemplate(role: Role, assignment: Assignment = "uppercase"): string {
   const extra: Record<Role, string> = {
     udp_server: "--quiet",
     tcp_server: "--quiet",
@@ -107,8 +120,9 @@ export function defaultTemplate(role: Role): string {
     tcp_client: "--timeout 1",
   };
   const script = shellQuote(`${PROJECT_ROOT}${role}.ts`);
+  const session = assignment === "session" ? " --session" : "";
   return `${shellQuote(Deno.execPath())} run --no-prompt --allow-net ${script} ` +
-    `--host {host} --port {port} ${extra[role]}`;
+    `--host {host} --port {port} ${extra[role]}${session}`;
 }
 
 /**
@@ -185,16 +199,18 @@ function requireUdpApi() {
 export function loadConfig(options: LoadConfigOptions = {}): GradeConfig {
   const { env = Deno.env.toObject(), onlySubmitted = false } = options;
   requireUdpApi();
+  const assignment = readAssignment(env);
   const templates = {} as Record<Role, string>;
   const submitted: Role[] = [];
   for (const role of ROLES) {
     const given = env[ROLE_ENV[role]]?.trim();
     if (given) submitted.push(role);
-    templates[role] = given || defaultTemplate(role);
+    templates[role] = given || defaultTemplate(role, assignment);
   }
   let roles = onlySubmitted && submitted.length > 0 ? submitted : [...ROLES];
   const only = env.GRADE_ROLES?.trim();
   if (only) roles = parseRoles(only);
+  if (assignment === "session") roles = sessionRoles(roles, Boolean(only));
   return {
     roles,
     templates,
@@ -205,7 +221,29 @@ export function loadConfig(options: LoadConfigOptions = {}): GradeConfig {
     clientDeadlineMs: 1000 *
       readNumber(env, "GRADE_CLIENT_DEADLINE", { fallback: 10, min: 0.1, max: 600 }),
     cwd: env.INIT_CWD || Deno.cwd(),
+    assignment,
   };
+}
+
+/** `GRADE_ASSIGNMENT`: "uppercase" (the default) or "session". */
+function readAssignment(env: Record<string, string | undefined>): Assignment {
+  const text = env.GRADE_ASSIGNMENT?.trim().toLowerCase() || "uppercase";
+  const assignment = ASSIGNMENTS.find((a) => a === text);
+  if (assignment) return assignment;
+  throw new ConfigError(
+    `GRADE_ASSIGNMENT must be one of ${ASSIGNMENTS.join(", ")}, not "${env.GRADE_ASSIGNMENT}"`,
+  );
+}
+
+/** The session task is TCP only: its roles are the TCP ones; naming a UDP role is a mistake. */
+function sessionRoles(roles: Role[], named: boolean): Role[] {
+  const udp = roles.filter((role) => role.startsWith("udp"));
+  if (named && udp.length > 0) {
+    throw new ConfigError(
+      `GRADE_ASSIGNMENT=session has TCP roles only: remove ${udp.join(", ")} from GRADE_ROLES`,
+    );
+  }
+  return roles.filter((role) => role.startsWith("tcp"));
 }
 
 /** The variable that sets one role's fixed port: `TCP_SERVER_PORT`, ... */
@@ -237,6 +275,7 @@ export const GRADING_VARIABLES: readonly string[] = [
   "GRADE_UDP_PORT",
   "GRADE_FIXED_PORT",
   "GRADE_ROLES",
+  "GRADE_ASSIGNMENT",
   "GRADE_READY_DEADLINE",
   "GRADE_CLIENT_DEADLINE",
   "GRADE_RESULTS",

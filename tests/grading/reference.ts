@@ -13,7 +13,7 @@
  * @module
  */
 
-import { bindUdpLoopback, listenTcpLoopback, writeAll } from "./net.ts";
+import { bindUdpLoopback, listenTcpLoopback, sleep, writeAll } from "./net.ts";
 
 /** A reference server, running until closed. */
 export interface ReferenceServer extends AsyncDisposable {
@@ -156,4 +156,136 @@ function closeQuietly(resource: { close(): void }) {
   } catch {
     // Already closed.
   }
+}
+
+/** A reference session server, as returned by {@linkcode startReferenceSessionServer}. */
+export interface ReferenceSessionServer extends AsyncDisposable {
+  /** The port it listens on. */
+  port: number;
+  /** How many connections reached it. */
+  connections(): number;
+  /** Every message it received, over all connections, in order. */
+  messages(): string[];
+  /** Closes the listeners and every connection, and waits until all is closed. */
+  close(): Promise<void>;
+}
+
+/** Options for {@linkcode startReferenceSessionServer}. */
+export interface ReferenceSessionOptions {
+  /** Write each reply in pieces of 8 bytes, 5 ms apart (a client must read until the newline). Default false. */
+  splitReplies?: boolean;
+}
+
+/** The size of a reply's pieces with `splitReplies`. */
+const SPLIT_PIECE = 8;
+
+/** The longest message line the reference session server keeps. */
+const MAX_SESSION_LINE = 64 * 1024;
+
+/**
+ * Starts the reference session server (seed 001's TCP task) on `port` (0:
+ * any free port) on the loopback addresses: each line is a message,
+ * answered "Your data was N bytes" (UTF-8 bytes, without the newline);
+ * "Exit" is answered "Disconnect" and the connection is closed.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { readToEnd } from "./net.ts";
+ *
+ * await using server = startReferenceSessionServer(0);
+ * const conn = await Deno.connect({ hostname: "127.0.0.1", port: server.port });
+ * await conn.write(new TextEncoder().encode("né\nExit\n"));
+ * const replies = new TextDecoder().decode(await readToEnd(conn));
+ * conn.close();
+ * assert.equal(replies, "Your data was 3 bytes\nDisconnect\n");
+ * assert.deepEqual(server.messages(), ["né", "Exit"]);
+ * ```
+ */
+export function startReferenceSessionServer(
+  port: number,
+  options: ReferenceSessionOptions = {},
+): ReferenceSessionServer {
+  const listeners = listenTcpLoopback(port);
+  const conns = new Set<Deno.TcpConn>();
+  const tasks = new Set<Promise<void>>();
+  const received: string[] = [];
+  let accepted = 0;
+  let closing = false;
+
+  async function reply(conn: Deno.TcpConn, text: string) {
+    const bytes = encoder.encode(`${text}\n`);
+    if (!options.splitReplies) return await writeAll(conn, bytes);
+    conn.setNoDelay(true); // each piece its own segment
+    for (let at = 0; at < bytes.length; at += SPLIT_PIECE) {
+      if (at > 0) await sleep(5); // so that the client's reads see the pieces
+      await writeAll(conn, bytes.subarray(at, at + SPLIT_PIECE));
+    }
+  }
+
+  /** Lines in, a reply line out, until Exit or the end of the stream. */
+  async function serve(conn: Deno.TcpConn) {
+    let pending = new Uint8Array(0);
+    const buffer = new Uint8Array(16 * 1024);
+    try {
+      for (;;) {
+        const newline = pending.indexOf(10);
+        if (newline < 0) {
+          if (pending.length > MAX_SESSION_LINE) return;
+          const n = await conn.read(buffer);
+          if (n === null) return;
+          const joined = new Uint8Array(pending.length + n);
+          joined.set(pending);
+          joined.set(buffer.subarray(0, n), pending.length);
+          pending = joined;
+          continue;
+        }
+        let line = pending.subarray(0, newline);
+        pending = pending.slice(newline + 1);
+        if (line.at(-1) === 13) line = line.subarray(0, -1);
+        const message = utf8Decoder().decode(line);
+        received.push(message);
+        if (message === "Exit") return await reply(conn, "Disconnect");
+        await reply(conn, `Your data was ${line.length} bytes`);
+      }
+    } catch {
+      // A reset, a client gone, or our own close: this connection only.
+    } finally {
+      conns.delete(conn);
+      closeQuietly(conn);
+    }
+  }
+
+  async function acceptLoop(listener: Deno.TcpListener) {
+    for (;;) {
+      let conn: Deno.TcpConn;
+      try {
+        conn = await listener.accept();
+      } catch {
+        if (closing) return;
+        continue;
+      }
+      accepted++;
+      conns.add(conn);
+      const task = serve(conn);
+      tasks.add(task);
+      task.finally(() => tasks.delete(task));
+    }
+  }
+
+  const loops = listeners.map(acceptLoop);
+  const close = async () => {
+    closing = true;
+    for (const listener of listeners) closeQuietly(listener);
+    for (const conn of conns) closeQuietly(conn);
+    await Promise.all(loops);
+    await Promise.all(tasks);
+  };
+  return {
+    port: (listeners[0].addr as Deno.NetAddr).port,
+    connections: () => accepted,
+    messages: () => [...received],
+    close,
+    [Symbol.asyncDispose]: close,
+  };
 }

@@ -160,7 +160,7 @@ export class RoleRunner implements AsyncDisposable {
     this.transport = role.startsWith("tcp") ? "tcp" : "udp";
     this.shared = role.endsWith("server") && !usesPortPlaceholder(this.template);
     this.fixedPort = config.fixedPorts[role];
-    this.checks = checksFor(role);
+    this.checks = checksFor(role, config.assignment);
   }
 
   /** The test name of a check: "TCP server: basic ASCII sentence". */

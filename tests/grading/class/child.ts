@@ -63,6 +63,7 @@ export async function runJob(job: ChildJob): Promise<ChildOutput> {
     readyDeadlineMs: job.readyDeadlineMs,
     clientDeadlineMs: job.clientDeadlineMs,
     cwd: job.cwd,
+    assignment: "uppercase", // class grading grades the uppercase app only, for now
   };
   // The TCP roles and the UDP roles run side by side: they use different
   // ports (TCP 12000 is not UDP 12000), and most of a student's time is
