@@ -35,6 +35,23 @@ function figures(line: string) {
   console.log(`[figures] ${line}`);
 }
 
+/**
+ * Binds `address`, which a socket of this test has just closed: a receive()
+ * still pending on that socket keeps it open until the runtime has cancelled
+ * it, which under load can take a moment after close() returned.
+ */
+async function bindWhenFree(address: { hostname: string; port: number }) {
+  const giveUpAt = performance.now() + 2000;
+  for (;;) {
+    try {
+      return Deno.listenDatagram({ transport: "udp", ...address });
+    } catch (error) {
+      if (!(error instanceof Deno.errors.AddrInUse) || performance.now() > giveUpAt) throw error;
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+  }
+}
+
 /** Sends `data` from a socket bound to `from` and resolves to the reply, or undefined. */
 async function exchangeFrom(
   from: { hostname: string; port: number },
@@ -42,7 +59,7 @@ async function exchangeFrom(
   data: Uint8Array,
   ms = 2000,
 ) {
-  const socket = Deno.listenDatagram({ transport: "udp", ...from });
+  const socket = await bindWhenFree(from);
   const receiving = socket.receive();
   let timer: ReturnType<typeof setTimeout> | undefined;
   try {
