@@ -29,12 +29,15 @@ import process from "node:process";
 
 const DEFAULT_PORT = 12000; // serverPort = 12000 (--port changes it)
 
+/** The textbook's prompt, and the one for its suggested modification (--service count-s). */
+const PROMPT = { upper: "Input lowercase sentence:", "count-s": "Input sentence:" };
+
 /** Runs the client from the command line and resolves to the exit code. */
 async function main(args: string[]): Promise<number> {
   const options = parseCommandLine(args); // serverName (--host), --port; --help; mistakes
   if (typeof options === "number") return options; // exit 0 after --help, 2 after a mistake
   // sentence = input('Input lowercase sentence:'): each line until Ctrl-D, or the arguments
-  for await (const sentence of sentences(options.sentence, "Input lowercase sentence:")) {
+  for await (const sentence of sentences(options.sentence, PROMPT[options.service])) {
     // print('From Server:', modifiedSentence.decode()): each piece as it arrives
     const out = new ReplyPrinter("From Server: ");
     try {
@@ -265,6 +268,8 @@ export interface ClientArgs {
   port: number;
   /** --timeout: seconds for each whole exchange. */
   timeout: number;
+  /** --service: the server's service, "upper" or "count-s"; it changes only the prompt. */
+  service: "upper" | "count-s";
   /** The sentence from the positional arguments, or undefined to read input. */
   sentence: string | undefined;
 }
@@ -280,6 +285,8 @@ Options:
   --port PORT          server port (default: ${DEFAULT_PORT})
   --timeout SECONDS    limit for each whole exchange: connecting, sending and
                        the whole reply (default: 10)
+  --service NAME       upper (the default) or count-s, as the server was started:
+                       only the prompt changes ("Input sentence:" for count-s)
   --help               show this help
 
 Exit codes: 0 success, 1 network failure, 2 usage error.
@@ -329,6 +336,7 @@ export function parseClientArgs(args: string[]): ClientArgs {
         host: { type: "string", default: "localhost" },
         port: { type: "string", default: String(DEFAULT_PORT) },
         timeout: { type: "string", default: "10" },
+        service: { type: "string", default: "upper" },
         help: { type: "boolean", short: "h", default: false },
       },
     });
@@ -344,11 +352,15 @@ export function parseClientArgs(args: string[]): ClientArgs {
   if (!/^\d+(\.\d+)?$/.test(values.timeout) || timeout <= 0 || timeout > 86400) {
     throw new UsageError(`--timeout must be a number of seconds above 0, not "${values.timeout}"`);
   }
+  if (values.service !== "upper" && values.service !== "count-s") {
+    throw new UsageError(`--service must be upper or count-s, not "${values.service}"`);
+  }
   return {
     help: values.help,
     hostname: values.host,
     port: Number(values.port),
     timeout,
+    service: values.service,
     sentence: positionals.length > 0 ? positionals.join(" ") : undefined,
   };
 }
