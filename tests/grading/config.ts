@@ -12,6 +12,7 @@
  */
 import { fileURLToPath } from "node:url";
 import { shellQuote } from "./process.ts";
+import { type Service, SERVICES } from "./compare.ts";
 
 /** The project folder (where deno.json lives). */
 export const PROJECT_ROOT: string = fileURLToPath(new URL("../..", import.meta.url));
@@ -66,6 +67,13 @@ export interface GradeConfig {
   clientDeadlineMs: number;
   /** Folder the templates run in: where the command was started (`INIT_CWD` under deno task). */
   cwd: string;
+  /**
+   * The assignment's service (`GRADE_SERVICE`): `upper`, the textbook's
+   * uppercase app (the default), or `count-s`, its suggested modification.
+   * It chooses the expected replies, and this project's programs run with
+   * `--service` set to it.
+   */
+  service: Service;
 }
 
 /**
@@ -96,9 +104,10 @@ export class ConfigError extends Error {
  * import assert from "node:assert/strict";
  *
  * assert.match(defaultTemplate("tcp_client"), /tcp_client\.ts --host \{host\} --port \{port\} --timeout 1$/);
+ * assert.match(defaultTemplate("udp_server", "count-s"), / --quiet --service count-s$/);
  * ```
  */
-export function defaultTemplate(role: Role): string {
+export function defaultTemplate(role: Role, service: Service = "upper"): string {
   const extra: Record<Role, string> = {
     udp_server: "--quiet",
     tcp_server: "--quiet",
@@ -108,7 +117,8 @@ export function defaultTemplate(role: Role): string {
   };
   const script = shellQuote(`${PROJECT_ROOT}${role}.ts`);
   return `${shellQuote(Deno.execPath())} run --no-prompt --allow-net ${script} ` +
-    `--host {host} --port {port} ${extra[role]}`;
+    `--host {host} --port {port} ${extra[role]}` +
+    (service === "upper" ? "" : ` --service ${service}`);
 }
 
 /**
@@ -185,12 +195,13 @@ function requireUdpApi() {
 export function loadConfig(options: LoadConfigOptions = {}): GradeConfig {
   const { env = Deno.env.toObject(), onlySubmitted = false } = options;
   requireUdpApi();
+  const service = readService(env);
   const templates = {} as Record<Role, string>;
   const submitted: Role[] = [];
   for (const role of ROLES) {
     const given = env[ROLE_ENV[role]]?.trim();
     if (given) submitted.push(role);
-    templates[role] = given || defaultTemplate(role);
+    templates[role] = given || defaultTemplate(role, service);
   }
   let roles = onlySubmitted && submitted.length > 0 ? submitted : [...ROLES];
   const only = env.GRADE_ROLES?.trim();
@@ -205,7 +216,21 @@ export function loadConfig(options: LoadConfigOptions = {}): GradeConfig {
     clientDeadlineMs: 1000 *
       readNumber(env, "GRADE_CLIENT_DEADLINE", { fallback: 10, min: 0.1, max: 600 }),
     cwd: env.INIT_CWD || Deno.cwd(),
+    service,
   };
+}
+
+/** `GRADE_SERVICE`: `upper` (also when unset) or `count-s`. */
+function readService(env: Record<string, string | undefined>): Service {
+  const text = env.GRADE_SERVICE?.trim().toLowerCase();
+  if (!text) return "upper";
+  const service = SERVICES.find((name) => name === text);
+  if (service === undefined) {
+    throw new ConfigError(
+      `GRADE_SERVICE must be ${SERVICES.join(" or ")}, not "${env.GRADE_SERVICE?.trim()}"`,
+    );
+  }
+  return service;
 }
 
 /** The variable that sets one role's fixed port: `TCP_SERVER_PORT`, ... */
@@ -240,6 +265,7 @@ export const GRADING_VARIABLES: readonly string[] = [
   "GRADE_READY_DEADLINE",
   "GRADE_CLIENT_DEADLINE",
   "GRADE_RESULTS",
+  "GRADE_SERVICE",
 ];
 
 function readFixedPorts(env: Record<string, string | undefined>): Record<Role, number> {
