@@ -15,6 +15,7 @@ import {
   ROLE_ENV,
 } from "./grading/config.ts";
 import { type CheckId, checksFor } from "./grading/checks.ts";
+import type { Service } from "./grading/compare.ts";
 import { shellQuote } from "./grading/process.ts";
 import { type CheckResult, RoleRunner } from "./grading/runner.ts";
 import { reserveFixedPort, ROOT, SUBPROCESS, withDeadline } from "./helpers.ts";
@@ -31,6 +32,8 @@ interface Fixture {
   says?: Partial<Record<CheckId, RegExp>>;
   /** Its third argument is the port it "hard-codes": a free one, picked by the test. */
   hardcodesPort?: boolean;
+  /** The assignment it is graded for (GRADE_SERVICE); default `upper`. */
+  service?: Service;
 }
 
 /** Every check of `role`: for fixtures that cannot pass any. */
@@ -222,6 +225,37 @@ const FIXTURES: Fixture[] = [
     bug: "textbook: one recv(1024), no timeout",
     fails: ["long1k", "long2k", "split", "no_reply"],
   },
+  // The textbook's suggested modification, graded with GRADE_SERVICE=count-s.
+  {
+    file: "good/tcp_server_count_s.py",
+    role: "tcp_server",
+    service: "count-s",
+    bug: "none: a correct count-s server",
+    fails: [],
+  },
+  {
+    file: "udp_server_count_lowercase.py",
+    role: "udp_server",
+    service: "count-s",
+    bug: "count-s: counts only the lowercase s",
+    fails: ["mixed"],
+    says: { mixed: /got 1 bytes, want 2\)\n {2}got: {2}7\n {2}want: 11/ },
+  },
+  {
+    file: "tcp_server_count_each_recv.py",
+    role: "tcp_server",
+    service: "count-s",
+    bug: "count-s: a count per recv(), not one for the whole sentence",
+    fails: ["long1k", "long2k", "split"],
+  },
+  // A correct client needs no change for count-s: the reply is found as a number of its own.
+  ...(["udp_client", "tcp_client"] as const).map((role) => ({
+    file: `good/${role}.py`,
+    role,
+    service: "count-s" as const,
+    bug: "none: a correct client, graded for count-s",
+    fails: [],
+  })),
   // Correct programs in another language: no false failures.
   ...(["udp_server", "udp_client", "tcp_server", "tcp_client"] as const).map((role) => ({
     file: `good/${role}.py`,
@@ -282,6 +316,7 @@ function configFor(fixture: Fixture, hardcodedPort: number): GradeConfig {
       ...QUICK,
       [ROLE_ENV[fixture.role]]: templateFor(fixture.file, { args }),
       GRADE_ROLES: fixture.role,
+      GRADE_SERVICE: fixture.service ?? "upper",
     },
   });
 }
@@ -334,7 +369,7 @@ Deno.test({
   name: "grading meta-test: the expectation table names only existing checks",
   fn: () => {
     for (const fixture of FIXTURES) {
-      const ids = checksFor(fixture.role).map((check) => check.id);
+      const ids = checksFor(fixture.role, fixture.service).map((check) => check.id);
       for (const id of fixture.fails) assert.ok(ids.includes(id), `${fixture.file}: ${id}`);
     }
     const buggy = FIXTURES.filter((f) => f.fails.length > 0 && !f.file.startsWith("textbook/"));
@@ -473,7 +508,7 @@ Deno.test({
           limit: CONCURRENCY,
           // TCP servers have the most checks; waiting checks cost the most.
           weight: (fixture) =>
-            checksFor(fixture.role).length +
+            checksFor(fixture.role, fixture.service).length +
             fixture.fails.filter((id) => SLOW_WHEN_FAILED.includes(id)).length * 4,
           work: (fixture) =>
             new RoleRunner({
@@ -488,10 +523,11 @@ Deno.test({
       runGrade(fixedPort),
     ]);
     for (const [i, fixture] of FIXTURES.entries()) {
-      const fails = fixture.fails.length === checksFor(fixture.role).length
+      const fails = fixture.fails.length === checksFor(fixture.role, fixture.service).length
         ? "every check"
         : fixture.fails.join(", ");
-      await t.step(`${fixture.file} (${fixture.bug}) fails ${fails}`, () => {
+      const graded = fixture.service ? ` (GRADE_SERVICE=${fixture.service})` : "";
+      await t.step(`${fixture.file}${graded} (${fixture.bug}) fails ${fails}`, () => {
         fulfilled(fixtures, (outcomes) => assertFails(outcomes[i], fixture));
       });
     }

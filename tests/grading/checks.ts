@@ -107,12 +107,13 @@ export const SENTENCES: Readonly<Record<CheckId, string>> = {
  * client's output cannot hold it by chance (a "1" in "attempt 1"), and
  * each tells a common mistake by its count: only the lowercase s counted
  * (mixed: 7, not 11), the text uppercased first so that ß and ſ count
- * (utf8: 18), one recv() of a split delivery (split: the first byte, "m").
+ * (utf8: 19, not 12), one recv() of a split delivery (split: the first
+ * byte, "m"), a count per recv() (split: digits run together).
  */
 const COUNT_S_SENTENCES: Readonly<Partial<Record<CheckId, string>>> = {
   basic: "she sells sea shells by the seashore, says sam",
   mixed: "Sam's 3 Sisters say: Yes! (SOS) sells? #42 [ok] ~fin",
-  utf8: "süße Grüße, ça va? ß ſ 😀 € sí, s'il vous plaît, sans soucis: SSS",
+  utf8: "süße Grüße, ça va? ß ſ 😀 € sí, s'il vous plaît, sans soucis, ses sœurs",
   split: "mississippi sass: € 😀 中 ✓ sss",
   lossy: "lost and found: sss sss sss",
 };
