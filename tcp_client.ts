@@ -29,13 +29,16 @@ import process from "node:process";
 
 const DEFAULT_PORT = 12000; // serverPort = 12000 (--port changes it)
 
+/** The textbook's prompt, and the one for its suggested modification (--service count-s). */
+const PROMPT = { upper: "Input lowercase sentence:", "count-s": "Input sentence:" };
+
 /** Runs the client from the command line and resolves to the exit code. */
 async function main(args: string[]): Promise<number> {
   const options = parseCommandLine(args); // serverName (--host), --port; --help; mistakes
   if (typeof options === "number") return options; // exit 0 after --help, 2 after a mistake
   if (options.session) return await sessionMain(options); // Part 3: seed 001's task
   // sentence = input('Input lowercase sentence:'): each line until Ctrl-D, or the arguments
-  for await (const sentence of sentences(options.sentence, "Input lowercase sentence:")) {
+  for await (const sentence of sentences(options.sentence, PROMPT[options.service])) {
     // print('From Server:', modifiedSentence.decode()): each piece as it arrives
     const out = new ReplyPrinter("From Server: ");
     try {
@@ -266,6 +269,8 @@ export interface ClientArgs {
   port: number;
   /** --timeout: seconds for each whole exchange. */
   timeout: number;
+  /** --service: the server's service, "upper" or "count-s"; it changes only the prompt. */
+  service: "upper" | "count-s";
   /** The sentence from the positional arguments, or undefined to read input. */
   sentence: string | undefined;
   /** --session: seed 001's task, many messages on one connection (Part 3). */
@@ -286,6 +291,8 @@ Options:
   --session            seed 001's task: one connection, many messages (one per
                        line), each answered "Your data was N bytes"; Exit (sent
                        at the end of the input too) disconnects
+  --service NAME       upper (the default) or count-s, as the server was started:
+                       only the prompt changes ("Input sentence:" for count-s)
   --help               show this help
 
 Exit codes: 0 success, 1 network failure, 2 usage error.
@@ -336,6 +343,7 @@ export function parseClientArgs(args: string[]): ClientArgs {
         port: { type: "string", default: String(DEFAULT_PORT) },
         timeout: { type: "string", default: "10" },
         session: { type: "boolean", default: false },
+        service: { type: "string", default: "upper" },
         help: { type: "boolean", short: "h", default: false },
       },
     });
@@ -351,11 +359,15 @@ export function parseClientArgs(args: string[]): ClientArgs {
   if (!/^\d+(\.\d+)?$/.test(values.timeout) || timeout <= 0 || timeout > 86400) {
     throw new UsageError(`--timeout must be a number of seconds above 0, not "${values.timeout}"`);
   }
+  if (values.service !== "upper" && values.service !== "count-s") {
+    throw new UsageError(`--service must be upper or count-s, not "${values.service}"`);
+  }
   return {
     help: values.help,
     hostname: values.host,
     port: Number(values.port),
     timeout,
+    service: values.service,
     sentence: positionals.length > 0 ? positionals.join(" ") : undefined,
     session: values.session,
   };

@@ -14,7 +14,8 @@
  *
  * Part 1 of this file is the textbook's TCPServer.py as code, step for step:
  * the Python line of each step is the comment above it. The service is one
- * function, upper(): change it there and every reply follows. Part 2 is what
+ * function, upper(): change it there and every reply follows. The textbook's
+ * suggested modification is one more, countS() (`--service count-s`). Part 2 is what
  * good code adds: concurrency, both loopback addresses, streaming with
  * correct UTF-8, flow control, idle timeouts, a connection cap that evicts
  * the least recently active client, bounded memory per client, a log that
@@ -106,6 +107,24 @@ export function upper(sentence: string): string {
   return sentence.toUpperCase();
 }
 
+/**
+ * The textbook's suggested modification (`--service count-s`): instead of
+ * uppercasing, count the letter s and reply with the number, as decimal
+ * digits. The letter in either case, s and S; ß and ſ are other letters.
+ * A count needs the whole sentence, so this server replies once the client
+ * has sent everything (see SERVICES).
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * assert.equal(countS("She sells sea shells"), "6");
+ * assert.equal(countS("straße"), "1");
+ * ```
+ */
+export function countS(sentence: string): string {
+  return String(sentence.match(/[sS]/g)?.length ?? 0);
+}
+
 // ===========================================================================
 // Part 2: what good code adds
 //
@@ -126,6 +145,8 @@ export interface TcpServerOptions {
   hostname?: string;
   /** Port to bind; 0 lets the system choose. Default 12000. */
   port?: number;
+  /** The service: "upper" (the default) or "count-s" (see {@linkcode countS}). */
+  service?: ServiceName;
   /** Aborting it shuts the server down gracefully. */
   signal?: AbortSignal;
   /** Seconds without progress before a connection is closed; 0 = never. Default 300. */
@@ -184,7 +205,8 @@ export async function startTcpServer(options: TcpServerOptions = {}): Promise<Tc
  * `signal` aborts; resolves once every connection has closed.
  */
 async function serve(serverSockets: Deno.Listener[], options: ServeOptions): Promise<void> {
-  const server = new ServerState(options, upper); // the connections, their limits, the log
+  const service = SERVICES[options.service ?? "upper"]; // --service: upper() or countS()
+  const server = new ServerState(options, service); // the connections, their limits, the log
   server.stopOn(options.signal, serverSockets); // a graceful shutdown when the signal comes
   await Promise.all(serverSockets.map((serverSocket) => acceptLoop(serverSocket, server)));
   await server.closed(); // after shutdown, the exchanges in flight finish
@@ -221,6 +243,31 @@ function listenAll(hostname: string, port: number): Deno.Listener[] {
 // ---------------------------------------------------------------------------
 
 const encoder = new TextEncoder();
+
+/** The services, by their --service name. */
+export type ServiceName = "upper" | "count-s";
+
+/**
+ * A service: its function, and how the replies to the pieces of a stream
+ * make the reply to the whole. TCP delivers a sentence in pieces, as they
+ * arrive. upper() answers each piece at once: its replies, one after the
+ * other, are the reply to the whole ("concatenate"). A count cannot be sent
+ * piece by piece: the count of a piece is not the count of the sentence. So
+ * countS() replies once, when the client half-closes, with the sum of the
+ * counts of the pieces ("add"): the server keeps only that number, not the
+ * text, so memory stays bounded however long the sentence. The reply is
+ * then the same however the sentence was split, which a grader can check.
+ */
+interface Service {
+  reply: TextService;
+  pieces: "concatenate" | "add";
+}
+
+/** The services by --service name; add a function above and a line here. */
+const SERVICES: Record<ServiceName, Service> = {
+  upper: { reply: upper, pieces: "concatenate" },
+  "count-s": { reply: countS, pieces: "add" },
+};
 
 /** Input bytes decoded and passed to the service at a time, once a client sends non-ASCII text. */
 const TEXT_SLICE = 16 * 1024;
@@ -302,8 +349,10 @@ class ServerState {
   readonly idleMs: number;
   readonly maxConnections: number;
   readonly open = new Set<Client>();
-  /** The service, upper(), and its ASCII table (see asciiTable). */
+  /** The service, upper() or countS(), and its ASCII table (see asciiTable). */
   readonly service: TextService;
+  /** Whether the replies to the pieces add up to one reply at the end (countS). */
+  readonly adds: boolean;
   readonly asciiTable: Uint8Array | undefined;
   #graceMs: number;
   /** Per welcoming socket: the back-off while out of file descriptors. */
@@ -315,14 +364,16 @@ class ServerState {
   #tickMs: number;
   #ticks = 0;
 
-  constructor(options: ServeOptions, service: TextService) {
+  constructor(options: ServeOptions, service: Service) {
     const { idleTimeout = 300, maxConnections = 1024, shutdownGrace = 10 } = options;
     this.idleMs = idleTimeout * 1000;
     this.maxConnections = maxConnections;
     this.#graceMs = shutdownGrace * 1000;
     this.log = options.log === undefined ? console.log : options.log;
-    this.service = service;
-    this.asciiTable = asciiTable(service);
+    this.service = service.reply;
+    this.adds = service.pieces === "add";
+    // countS has no table anyway (its reply to "ss" is not "11"), and is never asked for one.
+    this.asciiTable = this.adds ? undefined : asciiTable(service.reply);
     if (this.log) this.#limiter = new LogLimiter(this.log);
     // One timer for the whole server, not one per connection restarted on
     // every read: a few times per idle timeout it closes the clients idle
@@ -567,6 +618,8 @@ class Client {
    * connection, made with the decoder and reused (see #capitalize).
    */
   #reply: Uint8Array<ArrayBuffer> | undefined;
+  /** countS: the sum of the counts of the pieces so far (see #add). */
+  #sum = 0;
 
   constructor(conn: Deno.Conn, server: ServerState) {
     this.#conn = conn;
@@ -605,6 +658,7 @@ class Client {
    * decoder, the service and the encoder.
    */
   reply(sentence: Uint8Array): Promise<void> {
+    if (this.#server.adds) return this.#add(sentence); // countS: one reply, at the end
     // Not async: plain ASCII, the common case, costs no promise of its own.
     if (this.#decoder !== undefined) return this.#replyText(sentence, 0);
     const table = this.#server.asciiTable;
@@ -626,8 +680,26 @@ class Client {
     }
   }
 
-  /** Flushes the decoder: a character cut off at the very end becomes U+FFFD. */
+  /**
+   * For a service whose replies add up (countS): adds the reply to this
+   * piece to the sum; nothing is sent until endReply().
+   */
+  #add(bytes: Uint8Array, { end = false } = {}): Promise<void> {
+    this.#decoder ??= new TextDecoder("utf-8", { ignoreBOM: true });
+    const piece = this.#decoder.decode(bytes, { stream: !end });
+    this.#sum += Number(this.#server.service(piece));
+    return Promise.resolve();
+  }
+
+  /**
+   * Flushes the decoder: a character cut off at the very end becomes U+FFFD.
+   * For countS, sends the one reply: the sum of the counts.
+   */
   async endReply() {
+    if (this.#server.adds) {
+      await this.#add(new Uint8Array(), { end: true });
+      return await this.write(encoder.encode(String(this.#sum)));
+    }
     if (this.#decoder) await this.write(this.#capitalize(new Uint8Array(), { end: true }));
   }
 
@@ -748,6 +820,9 @@ Options:
   --host HOST              address to bind (default: localhost = 127.0.0.1 and ::1;
                            0.0.0.0 or :: serves other hosts)
   --port PORT              port to bind, 0 for any free port (default: ${DEFAULT_PORT})
+  --service NAME           upper (the default) or count-s: the textbook's modification,
+                           the number of times the letter s (or S) appears, sent
+                           once the client has sent everything (half-closed)
   --idle-timeout SECONDS   close a connection idle this long, 0 = never (default: 300)
   --max-connections N      connections served at once; at the cap (or at the open-file
                            limit, ulimit -n, if lower) a new client takes the place
@@ -764,6 +839,7 @@ then exit 0; a second signal, 0.2 s or more later, quits at once.
 Examples:
   deno run --allow-net tcp_server.ts
   deno run --allow-net tcp_server.ts --port 0 --quiet
+  deno run --allow-net tcp_server.ts --service count-s   # the textbook's modification
   deno run --allow-net tcp_server.ts --host 0.0.0.0   # the textbook's two-host exercise`;
 
 /** Parsed command-line options of the server. */
@@ -771,6 +847,7 @@ interface ServerArgs {
   help: boolean;
   hostname: string;
   port: number;
+  service: ServiceName;
   idleTimeout: number;
   maxConnections: number;
   quiet: boolean;
@@ -807,6 +884,7 @@ function parseServerArgs(args: string[]): ServerArgs {
       options: {
         host: { type: "string", default: "localhost" },
         port: { type: "string", default: String(DEFAULT_PORT) },
+        service: { type: "string", default: "upper" },
         "idle-timeout": { type: "string", default: "300" },
         "max-connections": { type: "string", default: "1024" },
         quiet: { type: "boolean", default: false },
@@ -823,6 +901,7 @@ function parseServerArgs(args: string[]): ServerArgs {
     help: values.help,
     hostname: values.host,
     port: parseNumber(values.port, "--port", { min: 0, max: 65535 }),
+    service: parseService(values.service),
     idleTimeout: parseNumber(values["idle-timeout"], "--idle-timeout", {
       min: 0,
       max: 86400,
@@ -839,6 +918,12 @@ function parseServerArgs(args: string[]): ServerArgs {
 
 /** A mistake on the command line: exit code 2. */
 class UsageError extends Error {}
+
+/** --service NAME: one of the SERVICES. */
+function parseService(name: string): ServiceName {
+  if (Object.hasOwn(SERVICES, name)) return name as ServiceName;
+  throw new UsageError(`--service must be upper or count-s, not "${name}"`);
+}
 
 function parseUsage<T>(parse: () => T): T {
   try {
@@ -1162,7 +1247,7 @@ async function serveSessions(serverSockets: Deno.Listener[], options: ServeOptio
   const log = options.log === undefined ? console.log : options.log;
   // Part 2's ServerState brings the cap, the idle sweep, accept errors and
   // the shutdown; its own log lines are off: the slides' lines replace them.
-  const server = new ServerState({ ...options, log: null }, upper);
+  const server = new ServerState({ ...options, log: null }, SERVICES.upper);
   server.stopOn(options.signal, serverSockets);
   const listening = `Listening at ${formatAddrs(serverSockets)}`;
   await Promise.all(serverSockets.map(async (serverSocket) => {

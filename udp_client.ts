@@ -31,6 +31,9 @@ import process from "node:process";
 /** The textbook's port: `serverPort = 12000`. */
 export const DEFAULT_PORT = 12000;
 
+/** The textbook's prompt, and the one for its suggested modification (--service count-s). */
+const PROMPT = { upper: "Input lowercase sentence:", "count-s": "Input sentence:" };
+
 /**
  * Sends one sentence in a datagram and resolves to the reply; tries again
  * after `timeout` seconds of silence, and throws a {@linkcode NoReplyError}
@@ -74,7 +77,7 @@ async function main(args: string[]): Promise<number> {
   const options = readCommandLine(args); // --help and mistakes end here, with an exit code
   if (typeof options === "number") return options;
   // message = input('Input lowercase sentence:'), or the command line's, or piped lines
-  for await (const message of sentences(options.message)) {
+  for await (const message of sentences(options.message, PROMPT[options.service])) {
     try {
       const modifiedMessage = await exchangeUdp({ ...options, message });
       // print(modifiedMessage.decode()): the reply alone, as the textbook prints it
@@ -295,6 +298,8 @@ export interface ClientArgs {
   timeout: number;
   /** --tries: how many times to send before giving up. */
   tries: number;
+  /** --service: the server's service, "upper" or "count-s"; it changes only the prompt. */
+  service: "upper" | "count-s";
   /** The sentence from the positional arguments, or undefined to read input. */
   message: string | undefined;
 }
@@ -311,6 +316,8 @@ Options:
   --port PORT          server port (default: ${DEFAULT_PORT})
   --timeout SECONDS    wait this long for each reply (default: 1)
   --tries N            send this many times before giving up (default: 3)
+  --service NAME       upper (the default) or count-s, as the server was started:
+                       only the prompt changes ("Input sentence:" for count-s)
   --help               show this help
 
 Exit codes: 0 success, 1 network failure or no reply, 2 usage error.
@@ -344,6 +351,7 @@ export function parseClientArgs(args: string[]): ClientArgs {
         port: { type: "string", default: String(DEFAULT_PORT) },
         timeout: { type: "string", default: "1" },
         tries: { type: "string", default: "3" },
+        service: { type: "string", default: "upper" },
         help: { type: "boolean", short: "h", default: false },
       },
     });
@@ -362,12 +370,16 @@ export function parseClientArgs(args: string[]): ClientArgs {
   if (!/^\d+$/.test(values.tries) || Number(values.tries) < 1 || Number(values.tries) > 100) {
     throw new UsageError(`--tries must be a whole number from 1 to 100, not "${values.tries}"`);
   }
+  if (values.service !== "upper" && values.service !== "count-s") {
+    throw new UsageError(`--service must be upper or count-s, not "${values.service}"`);
+  }
   return {
     help: values.help,
     hostname: values.host,
     port: Number(values.port),
     timeout,
     tries: Number(values.tries),
+    service: values.service,
     message: positionals.length > 0 ? positionals.join(" ") : undefined,
   };
 }
@@ -490,13 +502,16 @@ function bracketed(hostname: string): string {
  * Yields the sentences to send: the command-line sentence, or lines from a
  * terminal (with the textbook prompt) or from piped input.
  */
-async function* sentences(fromArgs: string | undefined): AsyncGenerator<string> {
+async function* sentences(
+  fromArgs: string | undefined,
+  question: string,
+): AsyncGenerator<string> {
   if (fromArgs !== undefined) {
     yield fromArgs;
   } else if (Deno.stdin.isTerminal()) {
     // The textbook's input(); keep asking until end of input (Ctrl-D).
     for (;;) {
-      const message = prompt("Input lowercase sentence:");
+      const message = prompt(question);
       if (message === null) return;
       yield message;
     }

@@ -13,7 +13,8 @@
  * `--unstable-net`, or with `"unstable": ["net"]` in deno.json.
  *
  * Part 1 of this file is the textbook's UDPServer.py in code, step by step;
- * the service is one function, {@linkcode upper}. Part 2 is what "good code"
+ * the service is one function, {@linkcode upper}, or the textbook's suggested
+ * modification, {@linkcode countS} (`--service count-s`). Part 2 is what "good code"
  * adds: whole datagrams of any size, correct UTF-8, replies too big for a
  * datagram dropped with a log line, both loopback addresses, no endless loops
  * with other servers (forged senders), logs that a flood cannot fill and a
@@ -38,6 +39,7 @@ export const DEFAULT_PORT = 12000;
  */
 export async function startUdpServer(options: UdpServerOptions = {}): Promise<UdpServer> {
   const { hostname = "localhost", port = DEFAULT_PORT, signal, log = console.log } = options;
+  const service = options.service === "count-s" ? countS : upper; // --service
   requireUnstableNet();
   // serverSocket = socket(AF_INET, SOCK_DGRAM); serverSocket.bind(('', serverPort))
   const serverSocket = Deno.listenDatagram({
@@ -47,7 +49,7 @@ export async function startUdpServer(options: UdpServerOptions = {}): Promise<Ud
   });
   const serverSockets = alsoOnIpv6Loopback(serverSocket, { hostname, port });
   // while True: (serveDatagrams, below), on every socket until the signal aborts
-  const finished = serveAll(serverSockets, { signal, log });
+  const finished = serveAll(serverSockets, { signal, log, service });
   await Promise.resolve(); // async: a bind error above rejects, like every other failure
   return { addrs: serverSockets.map((socket) => socket.addr as Deno.NetAddr), finished };
 }
@@ -59,9 +61,9 @@ async function main(args: string[]): Promise<number> {
   const out = new LineWriter(Deno.stdout); // log lines that never make the server wait
   const shutdown = shutdownOnSignals(out); // Ctrl-C: send the reply in flight, then stop
   try {
-    const { hostname, port } = options;
+    const { hostname, port, service } = options;
     const log = options.quiet ? null : out.line;
-    const server = await startUdpServer({ hostname, port, signal: shutdown.signal, log });
+    const server = await startUdpServer({ hostname, port, service, signal: shutdown.signal, log });
     // print("The server is ready to receive")
     out.line(`The server is ready to receive on ${formatAddrs(server.addrs)}`);
     out.line(whoCanReach(hostname));
@@ -90,7 +92,7 @@ async function serveDatagrams(serverSocket: Deno.DatagramConn, server: ServerSta
       continue;
     }
     // modifiedMessage = message.decode().upper()
-    const modifiedMessage = upper(decode(message));
+    const modifiedMessage = server.service(decode(message)); // upper(), or countS()
     // serverSocket.sendto(modifiedMessage.encode(), clientAddress)
     const reply = encode(modifiedMessage);
     if (!mayAnswer(server, { message, reply, clientAddress })) continue; // loops, size: logged
@@ -118,6 +120,23 @@ async function serveDatagrams(serverSocket: Deno.DatagramConn, server: ServerSta
  */
 export function upper(message: string): string {
   return message.toUpperCase();
+}
+
+/**
+ * The textbook's suggested modification (`--service count-s`): instead of
+ * uppercasing, count the letter s and reply with the number, as decimal
+ * digits. The letter in either case, s and S; ß and ſ are other letters.
+ * One datagram in, its count out.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * assert.equal(countS("She sells sea shells"), "6");
+ * assert.equal(countS("straße"), "1");
+ * ```
+ */
+export function countS(message: string): string {
+  return String(message.match(/[sS]/g)?.length ?? 0);
 }
 
 // ===========================================================================
@@ -195,6 +214,8 @@ interface ServerState {
   logs: LogLimiter | null;
   /** Refuses replies that could start or feed a loop. */
   guard: LoopGuard;
+  /** The service: upper() or countS(). */
+  service: (message: string) => string;
 }
 
 /**
@@ -203,7 +224,11 @@ interface ServerState {
  */
 function serveAll(
   serverSockets: Deno.DatagramConn[],
-  { signal, log }: { signal?: AbortSignal; log: ((line: string) => void) | null },
+  { signal, log, service }: {
+    signal?: AbortSignal;
+    log: ((line: string) => void) | null;
+    service: (message: string) => string;
+  },
 ): Promise<void> {
   const logs = log ? new LogLimiter(log) : null;
   const ownPort = (serverSockets[0].addr as Deno.NetAddr).port;
@@ -212,6 +237,7 @@ function serveAll(
     busy: new Set(),
     logs,
     guard: new LoopGuard(ownPort, logs),
+    service,
   };
   const loops = serverSockets.map((socket) =>
     serveDatagrams(socket, server).finally(() => closeQuietly(socket))
@@ -528,6 +554,8 @@ export interface UdpServerOptions {
   hostname?: string;
   /** Port to bind; 0 lets the system choose. Default 12000. */
   port?: number;
+  /** The service: "upper" (the default) or "count-s" (see {@linkcode countS}). */
+  service?: "upper" | "count-s";
   /** Aborting it shuts the server down once the reply in flight is sent. */
   signal?: AbortSignal;
   /** Where log lines go; default `console.log`; `null` for none (--quiet). */
@@ -596,6 +624,8 @@ Options:
   --host HOST    address to bind (default: localhost = 127.0.0.1 and ::1;
                  0.0.0.0 or :: serves other hosts)
   --port PORT    port to bind, 0 for any free port (default: ${DEFAULT_PORT})
+  --service NAME upper (the default) or count-s: the textbook's modification,
+                 the number of times the letter s (or S) appears in each datagram
   --quiet        no log lines (otherwise up to ${LOG_LINES_PER_SECOND} a second of each kind,
                  then one summary line a second)
   --help         show this help
@@ -609,6 +639,7 @@ ${LOOP_BUDGET} replies a second.
 Examples:
   deno run --allow-net udp_server.ts
   deno run --allow-net udp_server.ts --port 0 --quiet
+  deno run --allow-net udp_server.ts --service count-s   # the textbook's modification
   deno run --allow-net udp_server.ts --host 0.0.0.0   # the textbook's two-host exercise`;
 
 /** Parsed command-line options of the server. */
@@ -619,6 +650,8 @@ export interface ServerArgs {
   hostname: string;
   /** --port: the port to bind, 0 for any free port. */
   port: number;
+  /** --service: "upper" (the default) or "count-s". */
+  service: "upper" | "count-s";
   /** --quiet: no log lines. */
   quiet: boolean;
 }
@@ -646,6 +679,7 @@ export function parseServerArgs(args: string[]): ServerArgs {
       options: {
         host: { type: "string", default: "localhost" },
         port: { type: "string", default: String(DEFAULT_PORT) },
+        service: { type: "string", default: "upper" },
         quiet: { type: "boolean", default: false },
         help: { type: "boolean", short: "h", default: false },
       },
@@ -659,10 +693,14 @@ export function parseServerArgs(args: string[]): ServerArgs {
   if (!/^\d+$/.test(values.port) || Number(values.port) > 65535) {
     throw new UsageError(`--port must be a whole number from 0 to 65535, not "${values.port}"`);
   }
+  if (values.service !== "upper" && values.service !== "count-s") {
+    throw new UsageError(`--service must be upper or count-s, not "${values.service}"`);
+  }
   return {
     help: values.help,
     hostname: values.host,
     port: Number(values.port),
+    service: values.service,
     quiet: values.quiet,
   };
 }

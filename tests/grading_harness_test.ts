@@ -276,6 +276,17 @@ Deno.test({
       () => loadConfig({ env: { GRADE_READY_DEADLINE: "soon" } }),
       /GRADE_READY_DEADLINE must be a number from 0\.1 to 600, not "soon"/,
     );
+    // GRADE_SERVICE: the default is the uppercase app, exactly as before.
+    assert.equal(config.service, "upper");
+    assert.doesNotMatch(config.templates.udp_client, /--service/);
+    const counting = loadConfig({ env: { GRADE_SERVICE: "count-s", TCP_SERVER: "x {port}" } });
+    assert.equal(counting.service, "count-s");
+    assert.match(counting.templates.udp_server, / --service count-s$/);
+    assert.equal(counting.templates.tcp_server, "x {port}"); // a student's command is theirs
+    assert.throws(
+      () => loadConfig({ env: { GRADE_SERVICE: "lower" } }),
+      /GRADE_SERVICE must be upper or count-s, not "lower"/,
+    );
     assert.equal(usesPortPlaceholder("python3 TCPServer.py"), false);
     assert.equal(
       fillTemplate("x {host} {port} {port}", { host: "::1", port: 5 }),

@@ -16,6 +16,7 @@ import {
   ROLE_ENV,
 } from "./grading/config.ts";
 import { type CheckId, checksFor } from "./grading/checks.ts";
+import type { Service } from "./grading/compare.ts";
 import { shellQuote } from "./grading/process.ts";
 import { type CheckResult, RoleRunner } from "./grading/runner.ts";
 import { reserveFixedPort, ROOT, SUBPROCESS, withDeadline } from "./helpers.ts";
@@ -34,13 +35,16 @@ interface Fixture {
   hardcodesPort?: boolean;
   /** The assignment it is graded on (`GRADE_ASSIGNMENT`); default the uppercase app. */
   assignment?: Assignment;
+  /** The assignment it is graded for (GRADE_SERVICE); default `upper`. */
+  service?: Service;
 }
 
 /** Every check of `role`: for fixtures that cannot pass any. */
 const every = (role: Role): CheckId[] => checksFor(role).map((check) => check.id);
 
 /** The checks of a fixture's role in its assignment. */
-const checksOf = (fixture: Fixture) => checksFor(fixture.role, fixture.assignment);
+const checksOf = (fixture: Fixture) =>
+  checksFor(fixture.role, { assignment: fixture.assignment, service: fixture.service });
 
 const FIXTURES: Fixture[] = [
   {
@@ -273,6 +277,37 @@ const FIXTURES: Fixture[] = [
     bug: "session: one recv() taken as one reply",
     fails: ["session_split"],
   },
+  // The textbook's suggested modification, graded with GRADE_SERVICE=count-s.
+  {
+    file: "good/tcp_server_count_s.py",
+    role: "tcp_server",
+    service: "count-s",
+    bug: "none: a correct count-s server",
+    fails: [],
+  },
+  {
+    file: "udp_server_count_lowercase.py",
+    role: "udp_server",
+    service: "count-s",
+    bug: "count-s: counts only the lowercase s",
+    fails: ["mixed"],
+    says: { mixed: /got 1 bytes, want 2\)\n {2}got: {2}7\n {2}want: 11/ },
+  },
+  {
+    file: "tcp_server_count_each_recv.py",
+    role: "tcp_server",
+    service: "count-s",
+    bug: "count-s: a count per recv(), not one for the whole sentence",
+    fails: ["long1k", "long2k", "split"],
+  },
+  // A correct client needs no change for count-s: the reply is found as a number of its own.
+  ...(["udp_client", "tcp_client"] as const).map((role) => ({
+    file: `good/${role}.py`,
+    role,
+    service: "count-s" as const,
+    bug: "none: a correct client, graded for count-s",
+    fails: [],
+  })),
   // Correct programs in another language: no false failures.
   ...(["udp_server", "udp_client", "tcp_server", "tcp_client"] as const).map((role) => ({
     file: `good/${role}.py`,
@@ -334,6 +369,7 @@ function configFor(fixture: Fixture, hardcodedPort: number): GradeConfig {
       [ROLE_ENV[fixture.role]]: templateFor(fixture.file, { args }),
       GRADE_ROLES: fixture.role,
       GRADE_ASSIGNMENT: fixture.assignment ?? "uppercase",
+      GRADE_SERVICE: fixture.service ?? "upper",
     },
   });
 }
@@ -543,7 +579,8 @@ Deno.test({
       const fails = fixture.fails.length === checksOf(fixture).length
         ? "every check"
         : fixture.fails.join(", ");
-      await t.step(`${fixture.file} (${fixture.bug}) fails ${fails}`, () => {
+      const graded = fixture.service ? ` (GRADE_SERVICE=${fixture.service})` : "";
+      await t.step(`${fixture.file}${graded} (${fixture.bug}) fails ${fails}`, () => {
         fulfilled(fixtures, (outcomes) => assertFails(outcomes[i], fixture));
       });
     }

@@ -142,10 +142,13 @@ Deno.test({
       hostname: "localhost",
       port: 5000,
       timeout: 10,
+      service: "upper",
       sentence: "hello world",
       session: false,
     });
     assert.equal(parseClientArgs([]).sentence, undefined);
+    assert.equal(parseClientArgs(["--service", "count-s"]).service, "count-s");
+    assert.throws(() => parseClientArgs(["--service", "lower"]), /--service must be/);
     assert.throws(() => parseClientArgs(["--port", "0"]), /--port must be/);
     assert.throws(() => parseClientArgs(["--timeout", "soon"]), /--timeout must be/);
   },

@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import net from "node:net";
 import { Buffer } from "node:buffer";
-import { startTcpServer } from "../tcp_server.ts";
+import { countS, startTcpServer, upper } from "../tcp_server.ts";
 import {
   assertBytes,
   expectedReply,
@@ -283,6 +283,46 @@ Deno.test({
   },
 });
 
+// --- the textbook's modification: --service count-s ----------------------
+
+Deno.test("tcp server: countS counts the letter s in either case, and nothing else", () => {
+  assert.equal(countS("She sells sea shells"), "6");
+  assert.equal(countS(""), "0");
+  assert.equal(countS("SOS s"), "3");
+  assert.equal(countS("straße ſ 😀"), "1"); // ß and ſ are other letters
+  assert.equal(countS("s".repeat(100_000)), "100000");
+  assert.equal(upper("straße"), "STRASSE"); // the default service is unchanged
+});
+
+Deno.test({
+  name: "tcp server: count-s replies once, with the count of the whole stream, however it is split",
+  permissions: NET,
+  fn: () =>
+    withServer(startTcpServer, { service: "count-s" }, async (port) => {
+      const count = async (chunks: Uint8Array[], gapMs = 0) => {
+        const reply = await tcpExchange({ port, chunks, gapMs });
+        const request = new Uint8Array(chunks.flatMap((chunk) => [...chunk]));
+        assertBytes(reply, expectedReply(request, "count-s"));
+        return new TextDecoder().decode(reply);
+      };
+      // The golden reply: the one literal count.
+      assert.equal(await count([utf8("She sells sea shells, straße")]), "7");
+      // Pieces that arrive in separate reads get one reply, not one per read
+      // ("1" then "2" would be "12"); an ASCII table would answer "11".
+      assert.equal(await count([utf8("s"), utf8("ss")], 50), "3");
+      assert.equal(await count([utf8("ss")]), "2");
+      // Lines are part of the sentence: one count for the whole stream.
+      assert.equal(await count([utf8("line s\nline ss\n")]), "3");
+      // A character split across reads is decoded whole; an empty connection counts 0.
+      const euro = utf8("s€s");
+      await count([euro.subarray(0, 2), euro.subarray(2)], 50);
+      assert.equal(await count([]), "0");
+      // Invalid bytes are U+FFFD, never an s; a megabyte is counted, not kept.
+      await count([new Uint8Array([0x73, 0xff, 0xc3, 0x53])]);
+      assert.equal(await count([utf8("as ".repeat(400_000))]), "400000");
+    }),
+});
+
 // --- as a subprocess ------------------------------------------------------
 
 Deno.test({
@@ -318,8 +358,22 @@ Deno.test({
   },
 });
 
+Deno.test({
+  name: "tcp server (subprocess): --service count-s answers with the count",
+  permissions: SUBPROCESS,
+  fn: async () => {
+    await using server = Program.start("tcp_server.ts", ["--port", "0", "--service", "count-s"]);
+    const port = await server.readyPort();
+    const reply = await tcpExchange({ port, chunks: [utf8("Mississippi")] });
+    assertBytes(reply, expectedReply(utf8("Mississippi"), "count-s"));
+    server.kill("SIGTERM");
+    assert.equal((await server.finish()).code, 0);
+  },
+});
+
 for (
   const [args, pattern] of [
+    [["--service", "lower"], /--service must be upper or count-s, not "lower"/],
     [["--port", "70000"], /--port must be a whole number from 0 to 65535, not "70000"/],
     [["--port", "abc"], /--port must be a whole number from 0 to 65535, not "abc"/],
     [["--bogus"], /Unknown option "--bogus"/],

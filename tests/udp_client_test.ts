@@ -146,8 +146,11 @@ Deno.test({
       port: 12000,
       timeout: 0.5,
       tries: 5,
+      service: "upper",
       message: "a b",
     });
+    assert.equal(parseClientArgs(["--service", "count-s"]).service, "count-s");
+    assert.throws(() => parseClientArgs(["--service", "lower"]), /--service must be/);
     assert.throws(() => parseClientArgs(["--tries", "0"]), /--tries must be/);
     assert.throws(() => parseClientArgs(["--port", "65536"]), /--port must be/);
   },
@@ -178,7 +181,7 @@ Deno.test({
       });
       const { code, stdout, stderr } = await client.finish();
       assert.equal(code, 0, stderr);
-      assert.deepEqual(stdout.split("\n"), lines.map(expectedText));
+      assert.deepEqual(stdout.split("\n"), lines.map((line) => expectedText(line)));
     }),
 });
 

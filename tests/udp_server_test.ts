@@ -4,6 +4,7 @@
  */
 import assert from "node:assert/strict";
 import {
+  countS,
   LineWriter,
   LOG_LINES_PER_SECOND,
   LOG_QUEUE_LINES,
@@ -91,6 +92,31 @@ Deno.test({
     withServer(startUdpServer, {}, async (port) => {
       const reply = await checkReply(port, utf8("hello, ä € 😀 ß!"));
       assert.equal(new TextDecoder().decode(reply), "HELLO, Ä € 😀 SS!");
+    }),
+});
+
+Deno.test("udp server: countS counts the letter s in either case, and nothing else", () => {
+  assert.equal(countS("She sells sea shells"), "6");
+  assert.equal(countS("SOS s ß ſ"), "3");
+  assert.equal(countS(""), "0");
+});
+
+Deno.test({
+  name: "udp server: count-s answers each datagram with its count of s and S",
+  permissions: NET,
+  fn: () =>
+    withServer(startUdpServer, { service: "count-s" }, async (port) => {
+      const count = async (data: Uint8Array) => {
+        const reply = await udpExchange({ port, data });
+        assert.ok(reply, `no reply to a ${data.length}-byte datagram`);
+        assertBytes(reply.data, expectedReply(data, "count-s"));
+        return new TextDecoder().decode(reply.data);
+      };
+      assert.equal(await count(utf8("She sells sea shells, straße")), "7"); // the golden count
+      assert.equal(await count(utf8("ß ſ 😀")), "0"); // other letters
+      assert.equal(await count(new Uint8Array(0)), "0");
+      await count(new Uint8Array([0x73, 0xff, 0xc3, 0x53])); // invalid bytes are U+FFFD
+      assert.equal(await count(utf8("s".repeat(65507))), "65507"); // the largest datagram
     }),
 });
 
@@ -229,6 +255,7 @@ Deno.test({
 for (
   const [args, pattern] of [
     [["--port", "70000"], /--port must be a whole number from 0 to 65535, not "70000"/],
+    [["--service", "lower"], /--service must be upper or count-s, not "lower"/],
     [["--port", "abc"], /--port must be a whole number from 0 to 65535, not "abc"/],
     [["--loud"], /Unknown option "--loud"/],
   ] as const

@@ -16,6 +16,7 @@ import {
   outputDiff,
   replyDiff,
   replyMatches,
+  type Service,
   utf8,
 } from "./compare.ts";
 import {
@@ -114,6 +115,39 @@ export const SENTENCES: Readonly<Record<UppercaseCheckId, string>> = {
   serves_many: "client 1 of 5",
 };
 
+/**
+ * The sentences that differ for `count-s`: each count is 10 or more, so a
+ * client's output cannot hold it by chance (a "1" in "attempt 1"), and
+ * each tells a common mistake by its count: only the lowercase s counted
+ * (mixed: 7, not 11), the text uppercased first so that ß and ſ count
+ * (utf8: 19, not 12), one recv() of a split delivery (split: the first
+ * byte, "m"), a count per recv() (split: digits run together).
+ */
+const COUNT_S_SENTENCES: Readonly<Partial<Record<CheckId, string>>> = {
+  basic: "she sells sea shells by the seashore, says sam",
+  mixed: "Sam's 3 Sisters say: Yes! (SOS) sells? #42 [ok] ~fin",
+  utf8: "süße Grüße, ça va? ß ſ 😀 € sí, s'il vous plaît, sans soucis, ses sœurs",
+  // Short: a client sees no reply until the proxy has delivered all of it, byte by byte.
+  split: "mississippi, sassy sss",
+  lossy: "lost and found: sss sss sss",
+};
+
+/**
+ * The sentence a check sends for `service`: {@linkcode SENTENCES}, but for
+ * `count-s` some are chosen for their count of s.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ *
+ * assert.equal(sentenceOf("basic"), "hello world");
+ * assert.equal(sentenceOf("closes", "count-s"), "close when done");
+ * ```
+ */
+export function sentenceOf(id: UppercaseCheckId, service: Service = "upper"): string {
+  return (service === "count-s" ? COUNT_S_SENTENCES[id] : undefined) ?? SENTENCES[id];
+}
+
 /** Invalid UTF-8: 0xff and 0xfe never occur, 0xc3 needs a continuation byte. */
 const INVALID = new Uint8Array([0x68, 0x69, 0x20, 0xff, 0xfe, 0x20, 0xc3, 0x28, 0x21, 0x20, 0xc3]);
 
@@ -129,6 +163,8 @@ export interface ServerContext {
   serverExited: AbortSignal;
   /** For TCP: wait this long before half-closing (see {@linkcode tcpRequest}). */
   halfCloseDelayMs: number;
+  /** The assignment's service: it chooses the expected replies. */
+  service: Service;
 }
 
 /** One run of the client under test. */
@@ -153,6 +189,8 @@ export interface ClientContext {
   listenPort: number;
   /** How long the client gets to print the reply or give up. */
   deadlineMs: number;
+  /** The assignment's service: it chooses the expected replies. */
+  service: Service;
   /**
    * Runs the client under test against `port`, writes `input` to its stdin
    * and waits until `expect` appears in its stdout, it exits, or the deadline.
@@ -251,7 +289,7 @@ async function request(
       ms,
       signal,
       halfCloseDelayMs: context.halfCloseDelayMs,
-      expect: expectedReply(data),
+      expect: expectedReply(data, context.service),
       settleMs,
     });
     const problem = outcome.end === "eof" && outcome.data.length === 0
@@ -267,9 +305,13 @@ async function request(
   return { data: new Uint8Array(0), problem, end: "none" };
 }
 
-/** Throws unless `reply` is the uppercased `request`; else returns a pass note. */
-function expectUppercase(reply: Reply, request: Uint8Array, { note = "" } = {}): string {
-  const expected = expectedReply(request);
+/** Throws unless `reply` is the service's reply to `request`; else returns a pass note. */
+function expectReply(
+  reply: Reply,
+  request: Uint8Array,
+  { service, note = "" }: { service: Service; note?: string },
+): string {
+  const expected = expectedReply(request, service);
   const diff = replyDiff(reply.data, expected);
   if (diff === undefined) {
     return `the reply matched (${reply.data.length} bytes)${note ? `; ${note}` : ""}`;
@@ -280,18 +322,29 @@ function expectUppercase(reply: Reply, request: Uint8Array, { note = "" } = {}):
   throw new CheckFailure(lines.join("\n"));
 }
 
-/** A server check that sends the check's sentence and expects it back uppercased. */
-function sentenceCheck(id: UppercaseCheckId, hint: string): ServerCheck {
+/** A server check that sends the check's sentence and expects the service's reply. */
+function sentenceCheck(id: UppercaseCheckId, hint: string, service: Service): ServerCheck {
   return {
     side: "server",
     id,
-    title: TITLES[id],
+    title: titleOf(id, service),
     hint,
     run: async (context) => {
-      const data = utf8(SENTENCES[id]);
-      return expectUppercase(await request(context, data), data);
+      const data = utf8(sentenceOf(id, context.service));
+      return expectReply(await request(context, data), data, { service: context.service });
     },
   };
+}
+
+/** The titles that differ for `count-s`. */
+const COUNT_S_TITLES: Readonly<Partial<Record<CheckId, string>>> = {
+  utf8: "multibyte UTF-8 (ü ß ſ 😀 €; ß and ſ are not the letter s)",
+  multiline: "several lines in one stream (as nc sends a file): all of them are counted",
+};
+
+/** A check's title for `service`. */
+function titleOf(id: UppercaseCheckId, service: Service): string {
+  return (service === "count-s" ? COUNT_S_TITLES[id] : undefined) ?? TITLES[id];
 }
 
 const LONG_HINTS = {
@@ -301,30 +354,57 @@ const LONG_HINTS = {
     "Receive into a buffer of 65535 bytes.",
 };
 
+/** The hints of the sentence checks that only make sense for uppercasing, for `count-s`. */
+const COUNT_S_HINTS = {
+  basic: "Decode the bytes as UTF-8, count the letter s, and send the number back as " +
+    "decimal digits (str(count).encode()), once the whole request is in.",
+  mixed: "Count the letter s in either case, s and S: sentence.lower().count('s'), " +
+    "or count('s') + count('S'); nothing else counts.",
+  utf8: "Decode the bytes as UTF-8 (not ASCII) and count s and S only: ß and ſ are other " +
+    "letters, so do not uppercase before counting (ß.upper() is SS).",
+};
+
 /** The sentence checks of a server, from basic ASCII to long lines. */
-function serverBasics(transport: "tcp" | "udp"): ServerCheck[] {
+function serverBasics(transport: "tcp" | "udp", service: Service): ServerCheck[] {
+  const counts = service === "count-s";
   return [
-    sentenceCheck("basic", "Decode the bytes as UTF-8, uppercase, encode, send back."),
-    sentenceCheck("mixed", "Only letters change; digits, spaces and punctuation stay as they are."),
+    sentenceCheck(
+      "basic",
+      counts ? COUNT_S_HINTS.basic : "Decode the bytes as UTF-8, uppercase, encode, send back.",
+      service,
+    ),
+    sentenceCheck(
+      "mixed",
+      counts
+        ? COUNT_S_HINTS.mixed
+        : "Only letters change; digits, spaces and punctuation stay as they are.",
+      service,
+    ),
     sentenceCheck(
       "utf8",
-      "Decode the bytes as UTF-8 before uppercasing (bytes.upper() changes ASCII only), " +
-        "and encode the reply as UTF-8.",
+      counts ? COUNT_S_HINTS.utf8 : "Decode the bytes as UTF-8 before uppercasing " +
+        "(bytes.upper() changes ASCII only), and encode the reply as UTF-8.",
+      service,
     ),
-    sentenceCheck("long1k", LONG_HINTS[transport]),
-    sentenceCheck("long2k", LONG_HINTS[transport]),
+    sentenceCheck("long1k", LONG_HINTS[transport], service),
+    sentenceCheck("long2k", LONG_HINTS[transport], service),
   ];
 }
 
-const splitServerCheck: ServerCheck = {
+/** The split check of a TCP server. */
+const splitServerCheck = (service: Service): ServerCheck => ({
   side: "server",
   id: "split",
   title: TITLES.split,
-  hint: "One recv() is not one message: read until the client half-closes (recv returns b''). " +
-    "Decode with an incremental decoder (codecs.getincrementaldecoder, TextDecoder " +
-    "{ stream: true }) or decode once at the end: a character can be split across reads.",
+  hint: service === "count-s"
+    ? "One recv() is not one message: read until the client half-closes (recv returns " +
+      "b''), then count: the count of the first piece is not the count of the sentence."
+    : "One recv() is not one message: read until the client half-closes (recv returns b''). " +
+      "Decode with an incremental decoder (codecs.getincrementaldecoder, TextDecoder " +
+      "{ stream: true }) or decode once at the end: a character can be split across reads.",
   run: async (context) => {
-    const data = utf8(SENTENCES.split);
+    const data = utf8(sentenceOf("split", context.service));
+    const expected = expectedReply(data, context.service);
     const proxy = await startSplitProxy({ port: 0, target: context.address });
     let reply: Reply;
     try {
@@ -334,7 +414,7 @@ const splitServerCheck: ServerCheck = {
     } finally {
       await proxy.close();
     }
-    if (replyMatches(reply.data, expectedReply(data))) {
+    if (replyMatches(reply.data, expected)) {
       return `the reply matched (${reply.data.length} bytes); ${proxy.stats()}`;
     }
     // Is it the splitting? The same request, sent whole, tells: a server
@@ -344,15 +424,15 @@ const splitServerCheck: ServerCheck = {
       return "splitting changed nothing: the reply is the same as to the whole request " +
         `(${reply.data.length} bytes, not the expected ones: see the utf8 check); ${proxy.stats()}`;
     }
-    const wholeNote = replyMatches(whole.data, expectedReply(data))
+    const wholeNote = replyMatches(whole.data, expected)
       ? "sent whole, the same request gets the right reply"
       : `sent whole, the same request gets another reply: ${escapeBytes(whole.data, 60)}`;
-    const diff = replyDiff(reply.data, expectedReply(data));
+    const diff = replyDiff(reply.data, expected);
     throw new CheckFailure(
       [diff, reply.problem, proxy.stats(), wholeNote].filter(Boolean).join("\n"),
     );
   },
-};
+});
 
 /** Whether two byte arrays hold the same bytes. */
 function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
@@ -447,30 +527,40 @@ function invalidCheck(transport: "tcp" | "udp"): ServerCheck {
 }
 
 /** The multi-line check of a TCP server: newlines are bytes like any other. */
-const multilineCheck: ServerCheck = {
+const multilineCheck = (service: Service): ServerCheck => ({
   side: "server",
   id: "multiline",
-  title: TITLES.multiline,
-  hint: "Uppercase the whole request, newlines included, and send all of it back: `nc` sends " +
-    "a file's lines in one stream. Reading one line (readLine()) per connection answers " +
-    "only the first; strip() or split() loses the newlines.",
+  title: titleOf("multiline", service),
+  hint: service === "count-s"
+    ? "Count the letter s in the whole request, every line of it, and reply once: `nc` " +
+      "sends a file's lines in one stream. Reading one line (readLine()) per connection " +
+      "counts only the first."
+    : "Uppercase the whole request, newlines included, and send all of it back: `nc` sends " +
+      "a file's lines in one stream. Reading one line (readLine()) per connection answers " +
+      "only the first; strip() or split() loses the newlines.",
   run: async (context) => {
     const data = utf8(SENTENCES.multiline);
     const reply = await request(context, data);
-    const expected = expectedReply(data);
+    const expected = expectedReply(data, context.service);
     if (replyMatches(reply.data, expected)) {
       return `the reply matched (${reply.data.length} bytes, 3 lines)`;
     }
-    const lines = SENTENCES.multiline.toUpperCase().split("\n").filter(Boolean);
-    const why = replyMatches(reply.data, utf8(`${lines[0]}\n`))
-      ? "only the first line came back: the server reads one line per connection"
-      : [lines.join(""), lines.join(" ")].some((joined) => replyMatches(reply.data, utf8(joined)))
+    const lines = SENTENCES.multiline.split("\n").filter(Boolean);
+    const replyTo = (text: string) => expectedReply(utf8(text), context.service);
+    const why = replyMatches(reply.data, replyTo(`${lines[0]}\n`))
+      ? context.service === "count-s"
+        ? "only the first line was counted: the server reads one line per connection"
+        : "only the first line came back: the server reads one line per connection"
+      : context.service === "upper" &&
+          [lines.join(""), lines.join(" ")].some((joined) =>
+            replyMatches(reply.data, replyTo(joined))
+          )
       ? "the lines came back without their newlines"
       : undefined;
     const diff = replyDiff(reply.data, expected);
     throw new CheckFailure([why, diff, reply.problem].filter(Boolean).join("\n"));
   },
-};
+});
 
 /** How the `closes` check describes a reply that ended without the server's close. */
 function neverClosed(reply: Reply, expected: Uint8Array): string {
@@ -501,7 +591,7 @@ const closesCheck: ServerCheck = {
       if (reply.data.length > 0) return `the server closed the connection after its reply`;
       throw new CheckFailure("the server closed the connection without replying");
     }
-    throw new CheckFailure(neverClosed(reply, expectedReply(data)));
+    throw new CheckFailure(neverClosed(reply, expectedReply(data, context.service)));
   },
 };
 
@@ -543,13 +633,13 @@ const servesManyCheck: ServerCheck = {
  * ever did.
  */
 async function withOurServer<T>(
-  { transport, port }: { transport: "tcp" | "udp"; port: number },
+  { transport, port, service }: { transport: "tcp" | "udp"; port: number; service: Service },
   body: (port: number, traffic: () => number) => Promise<T>,
 ): Promise<T> {
   // A fixed port that a proxy of the same check just closed can stay taken
   // for a moment.
   if (port !== 0) await portBecomesFree(transport, port);
-  const server = startReferenceServer(transport, port);
+  const server = startReferenceServer(transport, port, service);
   try {
     return await body(server.port, server.traffic);
   } finally {
@@ -585,7 +675,7 @@ async function expectClientPrints(
     traffic: () => number;
   },
 ): Promise<string> {
-  const expect = expectedReply(utf8(sentence));
+  const expect = expectedReply(utf8(sentence), context.service);
   const run = await context.runClient({ port, input: `${sentence}\n`, expect });
   const note = describe();
   if (run.found) {
@@ -604,17 +694,22 @@ async function expectClientPrints(
   throw new CheckFailure(lines.join("\n"));
 }
 
-/** A client check: the client must print the check's sentence uppercased. */
-function clientSentenceCheck(id: UppercaseCheckId, hint: string): ClientCheck {
+/** A client check: the client must print the service's reply to the check's sentence. */
+function clientSentenceCheck(id: UppercaseCheckId, hint: string, service: Service): ClientCheck {
   return {
     side: "client",
     id,
-    title: TITLES[id],
+    title: titleOf(id, service),
     hint,
     run: (context) =>
       withOurServer(
-        { transport: context.transport, port: context.listenPort },
-        (port, traffic) => expectClientPrints(context, { port, sentence: SENTENCES[id], traffic }),
+        { transport: context.transport, port: context.listenPort, service: context.service },
+        (port, traffic) =>
+          expectClientPrints(context, {
+            port,
+            sentence: sentenceOf(id, context.service),
+            traffic,
+          }),
       ),
   };
 }
@@ -626,20 +721,32 @@ const CLIENT_LONG_HINTS = {
   udp: "recvfrom(2048) cuts a longer reply at 2048 bytes, silently. Use recvfrom(65535).",
 };
 
+/** For `count-s` the reply is short: a long line tests that the whole line is sent. */
+const COUNT_S_CLIENT_LONG_HINT = "Send the whole line: read it whole from stdin (not into a " +
+  "1024-byte buffer) and send all of it (sendall(), or loop on send()); the server counts " +
+  "what arrives.";
+
 /** The sentence checks of a client, from basic ASCII to long lines. */
-function clientBasics(transport: "tcp" | "udp"): ClientCheck[] {
+function clientBasics(transport: "tcp" | "udp", service: Service): ClientCheck[] {
+  const longHint = service === "count-s" ? COUNT_S_CLIENT_LONG_HINT : CLIENT_LONG_HINTS[transport];
   return [
     clientSentenceCheck(
       "basic",
       "Read a line from stdin, send it, print the reply (a prompt and a prefix are fine).",
+      service,
     ),
-    clientSentenceCheck("mixed", "Send the line exactly as typed; print the reply as received."),
+    clientSentenceCheck(
+      "mixed",
+      "Send the line exactly as typed; print the reply as received.",
+      service,
+    ),
     clientSentenceCheck(
       "utf8",
       "Encode the line as UTF-8 and decode the reply as UTF-8 (not ASCII).",
+      service,
     ),
-    clientSentenceCheck("long1k", CLIENT_LONG_HINTS[transport]),
-    clientSentenceCheck("long2k", CLIENT_LONG_HINTS[transport]),
+    clientSentenceCheck("long1k", longHint, service),
+    clientSentenceCheck("long2k", longHint, service),
   ];
 }
 
@@ -650,10 +757,11 @@ const splitClientCheck: ClientCheck = {
   hint: "The reply can arrive in many pieces: read until recv() returns b'' and decode " +
     "the whole reply once (or with an incremental decoder), not each piece on its own.",
   run: async (context) => {
-    const input = `${SENTENCES.split}\n`;
-    const expect = expectedReply(utf8(SENTENCES.split));
+    const sentence = sentenceOf("split", context.service);
+    const input = `${sentence}\n`;
+    const expect = expectedReply(utf8(sentence), context.service);
     const { split, stats, requests } = await withOurServer(
-      { transport: "tcp", port: 0 },
+      { transport: "tcp", port: 0, service: context.service },
       async (serverPort) => {
         const proxy = await startSplitProxy({
           port: context.listenPort,
@@ -681,7 +789,7 @@ const splitClientCheck: ClientCheck = {
     // Is it the splitting? The same reply sent whole tells: a client that
     // cannot print non-ASCII text at all fails utf8, not this check.
     const whole = await withOurServer(
-      { transport: "tcp", port: context.listenPort },
+      { transport: "tcp", port: context.listenPort, service: context.service },
       (port) => context.runClient({ port, input, expect }),
     );
     if (!whole.found && sameBytes(whole.program.stdoutBytes(), split.program.stdoutBytes())) {
@@ -719,7 +827,7 @@ const lossyCheck: ClientCheck = {
     "timeout (clientSocket.settimeout(1)), catch socket.timeout, send again a few " +
     "times, then give up with a message.",
   run: (context) =>
-    withOurServer({ transport: "udp", port: 0 }, async (serverPort) => {
+    withOurServer({ transport: "udp", port: 0, service: context.service }, async (serverPort) => {
       const proxy = await startLossyUdpProxy({
         port: context.listenPort,
         target: { hostname: "127.0.0.1", port: serverPort },
@@ -727,10 +835,11 @@ const lossyCheck: ClientCheck = {
         lossRate: 0.3,
       });
       try {
-        const expect = expectedReply(utf8(SENTENCES.lossy));
+        const sentence = sentenceOf("lossy", context.service);
+        const expect = expectedReply(utf8(sentence), context.service);
         const run = await context.runClient({
           port: proxy.port,
-          input: `${SENTENCES.lossy}\n`,
+          input: `${sentence}\n`,
           expect,
         });
         if (run.found) return `the reply got through after retries; ${proxy.stats()}`;
@@ -779,6 +888,14 @@ function noReplyCheck(transport: "tcp" | "udp"): ClientCheck {
   };
 }
 
+/** Which assignment's checks {@linkcode checksFor} gives. */
+export interface ChecksForOptions {
+  /** "uppercase" (the default) or "session" (seed 001's TCP task). */
+  assignment?: Assignment;
+  /** The uppercase app's service: "upper" (the default) or "count-s". */
+  service?: Service;
+}
+
 /**
  * The checks for `role` in `assignment` (default the uppercase app; for
  * "session" see {@linkcode sessionChecksFor}), in the order they run. For a server the checks
@@ -793,26 +910,29 @@ function noReplyCheck(transport: "tcp" | "udp"): ClientCheck {
  *   checksFor("udp_server").map((check) => check.id),
  *   ["basic", "mixed", "utf8", "long1k", "long2k", "serves_many", "invalid"],
  * );
+ * // The modified assignment has the same checks, with other sentences and hints.
+ * assert.match(checksFor("tcp_server", { service: "count-s" })[1].hint, /s and S/);
  * ```
  */
-export function checksFor(role: Role, assignment: Assignment = "uppercase"): Check[] {
+export function checksFor(role: Role, options: ChecksForOptions = {}): Check[] {
+  const { assignment = "uppercase", service = "upper" } = options;
   if (assignment === "session") return sessionChecksFor(role); // seed 001's TCP task
   switch (role) {
     case "tcp_server":
       return [
-        ...serverBasics("tcp"),
-        splitServerCheck,
-        multilineCheck,
+        ...serverBasics("tcp", service),
+        splitServerCheck(service),
+        multilineCheck(service),
         closesCheck,
         servesManyCheck,
         concurrentCheck,
         invalidCheck("tcp"),
       ];
     case "udp_server":
-      return [...serverBasics("udp"), servesManyCheck, invalidCheck("udp")];
+      return [...serverBasics("udp", service), servesManyCheck, invalidCheck("udp")];
     case "tcp_client":
-      return [...clientBasics("tcp"), splitClientCheck, noReplyCheck("tcp")];
+      return [...clientBasics("tcp", service), splitClientCheck, noReplyCheck("tcp")];
     case "udp_client":
-      return [...clientBasics("udp"), lossyCheck, noReplyCheck("udp")];
+      return [...clientBasics("udp", service), lossyCheck, noReplyCheck("udp")];
   }
 }

@@ -6,9 +6,31 @@
  */
 
 /**
- * The uppercase service as the programs must implement it: decode the bytes
- * as UTF-8 (invalid bytes become U+FFFD, a leading BOM is kept), uppercase,
- * encode. This is the one definition every reply is checked against.
+ * The services the kit grades: `upper`, the textbook's uppercase app, and
+ * `count-s`, its suggested modification: the reply is the number of times
+ * the letter s appears (s and S alike), as decimal digits.
+ */
+export type Service = "upper" | "count-s";
+
+/**
+ * Every service, in the order the documents list them.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ *
+ * assert.deepEqual(SERVICES, ["upper", "count-s"]);
+ * ```
+ */
+export const SERVICES: readonly Service[] = ["upper", "count-s"];
+
+/**
+ * The service as the programs must implement it: decode the bytes as UTF-8
+ * (invalid bytes become U+FFFD, a leading BOM is kept), then for `upper`
+ * (the default) uppercase and encode; for `count-s` count the letter s, in
+ * either case (s and S; ß and ſ are other letters), and send the number as
+ * decimal digits, once for the whole request. This is the one definition
+ * every reply is checked against.
  *
  * @example
  * ```ts
@@ -16,11 +38,16 @@
  *
  * const reply = expectedReply(new TextEncoder().encode("ß"));
  * assert.equal(new TextDecoder().decode(reply), "SS");
+ * const count = expectedReply(new TextEncoder().encode("Sis ß"), "count-s");
+ * assert.equal(new TextDecoder().decode(count), "2");
  * ```
  */
-export function expectedReply(input: Uint8Array): Uint8Array {
+export function expectedReply(input: Uint8Array, service: Service = "upper"): Uint8Array {
   const text = new TextDecoder("utf-8", { ignoreBOM: true }).decode(input);
-  return new TextEncoder().encode(text.toUpperCase());
+  const reply = service === "count-s"
+    ? String(text.match(/[sS]/g)?.length ?? 0)
+    : text.toUpperCase();
+  return new TextEncoder().encode(reply);
 }
 
 /**
@@ -34,10 +61,11 @@ export function expectedReply(input: Uint8Array): Uint8Array {
  * import { expectedText } from "./compare.ts";
  *
  * assert.equal(expectedText("straße"), "STRASSE");
+ * assert.equal(expectedText("straße", "count-s"), "1");
  * ```
  */
-export function expectedText(sentence: string): string {
-  return new TextDecoder().decode(expectedReply(new TextEncoder().encode(sentence)));
+export function expectedText(sentence: string, service: Service = "upper"): string {
+  return new TextDecoder().decode(expectedReply(new TextEncoder().encode(sentence), service));
 }
 
 /** UTF-8 bytes of a string. */
@@ -259,6 +287,37 @@ export function indexOfBytes(haystack: Uint8Array, needle: Uint8Array): number {
     return i;
   }
   return -1;
+}
+
+/**
+ * Whether a client's output holds the reply `expected`. For `count-s` the
+ * count must stand as a number of its own, not as part of a longer one:
+ * "From Server: 12" holds the reply 12, not the reply 2 or 1.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ *
+ * assert.equal(outputHasReply(utf8("From Server: HI\n"), utf8("HI")), true);
+ * assert.equal(outputHasReply(utf8("From Server: 12\n"), utf8("12"), "count-s"), true);
+ * assert.equal(outputHasReply(utf8("From Server: 12\n"), utf8("2"), "count-s"), false);
+ * ```
+ */
+export function outputHasReply(
+  output: Uint8Array,
+  expected: Uint8Array,
+  service: Service = "upper",
+): boolean {
+  if (service === "upper" || expected.length === 0) return indexOfBytes(output, expected) >= 0;
+  const isDigit = (byte: number | undefined) => byte !== undefined && byte >= 0x30 && byte <= 0x39;
+  for (let from = 0;;) {
+    const at = indexOfBytes(output.subarray(from), expected);
+    if (at < 0) return false;
+    const start = from + at;
+    const end = start + expected.length;
+    if (!isDigit(output[start - 1]) && !isDigit(output[end])) return true;
+    from = start + 1;
+  }
 }
 
 /**

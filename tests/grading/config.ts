@@ -12,6 +12,7 @@
  */
 import { fileURLToPath } from "node:url";
 import { shellQuote } from "./process.ts";
+import { type Service, SERVICES } from "./compare.ts";
 
 /** The project folder (where deno.json lives). */
 export const PROJECT_ROOT: string = fileURLToPath(new URL("../..", import.meta.url));
@@ -79,6 +80,13 @@ export interface GradeConfig {
   assignment: Assignment;
   /** Folder the templates run in: where the command was started (`INIT_CWD` under deno task). */
   cwd: string;
+  /**
+   * The assignment's service (`GRADE_SERVICE`): `upper`, the textbook's
+   * uppercase app (the default), or `count-s`, its suggested modification.
+   * It chooses the expected replies, and this project's programs run with
+   * `--service` set to it.
+   */
+  service: Service;
 }
 
 /**
@@ -101,6 +109,14 @@ export class ConfigError extends Error {
   }
 }
 
+/** What {@linkcode defaultTemplate} runs this project's program for. */
+export interface TemplateOptions {
+  /** The assignment: "uppercase" (the default) or "session" (`--session`). */
+  assignment?: Assignment;
+  /** The uppercase app's service: "upper" (the default) or "count-s" (`--service count-s`). */
+  service?: Service;
+}
+
 /**
  * The command template that runs this project's own program for `role`.
  *
@@ -109,9 +125,11 @@ export class ConfigError extends Error {
  * import assert from "node:assert/strict";
  *
  * assert.match(defaultTemplate("tcp_client"), /tcp_client\.ts --host \{host\} --port \{port\} --timeout 1$/);
+ * assert.match(defaultTemplate("udp_server", { service: "count-s" }), / --quiet --service count-s$/);
  * ```
  */
-export function defaultTemplate(role: Role, assignment: Assignment = "uppercase"): string {
+export function defaultTemplate(role: Role, options: TemplateOptions = {}): string {
+  const { assignment = "uppercase", service = "upper" } = options;
   const extra: Record<Role, string> = {
     udp_server: "--quiet",
     tcp_server: "--quiet",
@@ -122,7 +140,8 @@ export function defaultTemplate(role: Role, assignment: Assignment = "uppercase"
   const script = shellQuote(`${PROJECT_ROOT}${role}.ts`);
   const session = assignment === "session" ? " --session" : "";
   return `${shellQuote(Deno.execPath())} run --no-prompt --allow-net ${script} ` +
-    `--host {host} --port {port} ${extra[role]}${session}`;
+    `--host {host} --port {port} ${extra[role]}${session}` +
+    (service === "upper" ? "" : ` --service ${service}`);
 }
 
 /**
@@ -200,12 +219,18 @@ export function loadConfig(options: LoadConfigOptions = {}): GradeConfig {
   const { env = Deno.env.toObject(), onlySubmitted = false } = options;
   requireUdpApi();
   const assignment = readAssignment(env);
+  const service = readService(env);
+  if (assignment === "session" && service !== "upper") {
+    throw new ConfigError(
+      "GRADE_SERVICE chooses the uppercase app's service: unset it for GRADE_ASSIGNMENT=session",
+    );
+  }
   const templates = {} as Record<Role, string>;
   const submitted: Role[] = [];
   for (const role of ROLES) {
     const given = env[ROLE_ENV[role]]?.trim();
     if (given) submitted.push(role);
-    templates[role] = given || defaultTemplate(role, assignment);
+    templates[role] = given || defaultTemplate(role, { assignment, service });
   }
   let roles = onlySubmitted && submitted.length > 0 ? submitted : [...ROLES];
   const only = env.GRADE_ROLES?.trim();
@@ -222,6 +247,7 @@ export function loadConfig(options: LoadConfigOptions = {}): GradeConfig {
       readNumber(env, "GRADE_CLIENT_DEADLINE", { fallback: 10, min: 0.1, max: 600 }),
     cwd: env.INIT_CWD || Deno.cwd(),
     assignment,
+    service,
   };
 }
 
@@ -233,6 +259,19 @@ function readAssignment(env: Record<string, string | undefined>): Assignment {
   throw new ConfigError(
     `GRADE_ASSIGNMENT must be one of ${ASSIGNMENTS.join(", ")}, not "${env.GRADE_ASSIGNMENT}"`,
   );
+}
+
+/** `GRADE_SERVICE`: `upper` (also when unset) or `count-s`. */
+function readService(env: Record<string, string | undefined>): Service {
+  const text = env.GRADE_SERVICE?.trim().toLowerCase();
+  if (!text) return "upper";
+  const service = SERVICES.find((name) => name === text);
+  if (service === undefined) {
+    throw new ConfigError(
+      `GRADE_SERVICE must be ${SERVICES.join(" or ")}, not "${env.GRADE_SERVICE?.trim()}"`,
+    );
+  }
+  return service;
 }
 
 /** The session task is TCP only: its roles are the TCP ones; naming a UDP role is a mistake. */
@@ -279,6 +318,7 @@ export const GRADING_VARIABLES: readonly string[] = [
   "GRADE_READY_DEADLINE",
   "GRADE_CLIENT_DEADLINE",
   "GRADE_RESULTS",
+  "GRADE_SERVICE",
 ];
 
 function readFixedPorts(env: Record<string, string | undefined>): Record<Role, number> {

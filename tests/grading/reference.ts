@@ -14,6 +14,7 @@
  */
 
 import { bindUdpLoopback, listenTcpLoopback, sleep, writeAll } from "./net.ts";
+import type { Service } from "./compare.ts";
 
 /** A reference server, running until closed. */
 export interface ReferenceServer extends AsyncDisposable {
@@ -44,8 +45,17 @@ export interface ReferenceServer extends AsyncDisposable {
  * assert.equal(server.traffic(), 1);
  * ```
  */
-export function startReferenceServer(transport: "tcp" | "udp", port: number): ReferenceServer {
-  return transport === "tcp" ? startTcp(port) : startUdp(port);
+export function startReferenceServer(
+  transport: "tcp" | "udp",
+  port: number,
+  service: Service = "upper",
+): ReferenceServer {
+  return transport === "tcp" ? startTcp(port, service) : startUdp(port, service);
+}
+
+/** The letter s, in either case: `count-s` counts these. */
+function countS(text: string): number {
+  return text.match(/[sS]/g)?.length ?? 0;
 }
 
 /** Decodes UTF-8 as Python's decode() does: keeps a leading BOM, invalid bytes become U+FFFD. */
@@ -55,23 +65,30 @@ function utf8Decoder(): TextDecoder {
 
 const encoder = new TextEncoder();
 
-function startTcp(port: number): ReferenceServer {
+function startTcp(port: number, service: Service): ReferenceServer {
   const listeners = listenTcpLoopback(port);
   const conns = new Set<Deno.Conn>();
   const tasks = new Set<Promise<void>>();
   let accepted = 0;
   let closing = false;
 
-  /** sentence = recv(); send(sentence.upper()); until the client half-closes; close(). */
+  /**
+   * sentence = recv(); send(sentence.upper()); until the client half-closes;
+   * close(). For count-s: count as the pieces arrive, send the count at the end.
+   */
   async function serve(conn: Deno.Conn) {
     const decoder = utf8Decoder();
     const buffer = new Uint8Array(64 * 1024);
+    let count = 0;
     try {
       for (let n = await conn.read(buffer); n !== null; n = await conn.read(buffer)) {
         const text = decoder.decode(buffer.subarray(0, n), { stream: true });
-        await writeAll(conn, encoder.encode(text.toUpperCase()));
+        if (service === "count-s") count += countS(text);
+        else await writeAll(conn, encoder.encode(text.toUpperCase()));
       }
-      await writeAll(conn, encoder.encode(decoder.decode().toUpperCase()));
+      const rest = decoder.decode();
+      const last = service === "count-s" ? String(count + countS(rest)) : rest.toUpperCase();
+      await writeAll(conn, encoder.encode(last));
     } catch {
       // A reset, a client gone, or our own close: this connection only.
     } finally {
@@ -113,7 +130,7 @@ function startTcp(port: number): ReferenceServer {
   };
 }
 
-function startUdp(port: number): ReferenceServer {
+function startUdp(port: number, service: Service): ReferenceServer {
   const sockets = bindUdpLoopback(port);
   let received = 0;
 
@@ -128,7 +145,10 @@ function startUdp(port: number): ReferenceServer {
         return; // closed
       }
       received++;
-      const reply = encoder.encode(utf8Decoder().decode(message).toUpperCase());
+      const text = utf8Decoder().decode(message);
+      const reply = encoder.encode(
+        service === "count-s" ? String(countS(text)) : text.toUpperCase(),
+      );
       try {
         await socket.send(reply, clientAddress);
       } catch {

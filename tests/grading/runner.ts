@@ -37,7 +37,7 @@ import {
   type ClientRun,
   type ServerContext,
 } from "./checks.ts";
-import { CheckFailure, indexOfBytes } from "./compare.ts";
+import { CheckFailure, outputHasReply } from "./compare.ts";
 import { knownProblems } from "./diagnose.ts";
 import { type Address, portBecomesFree, probeTcp, probeUdp } from "./net.ts";
 import { type FixedPort, reserveFixedPort } from "./ports.ts";
@@ -160,7 +160,7 @@ export class RoleRunner implements AsyncDisposable {
     this.transport = role.startsWith("tcp") ? "tcp" : "udp";
     this.shared = role.endsWith("server") && !usesPortPlaceholder(this.template);
     this.fixedPort = config.fixedPorts[role];
-    this.checks = checksFor(role, config.assignment);
+    this.checks = checksFor(role, { assignment: config.assignment, service: config.service });
   }
 
   /** The test name of a check: "TCP server: basic ASCII sentence". */
@@ -279,6 +279,7 @@ export class RoleRunner implements AsyncDisposable {
         serverExited: server.exited.signal,
         // A reused server on a fixed port must not be left with TIME_WAIT on it.
         halfCloseDelayMs: this.shared ? 100 : 0,
+        service: this.#config.service,
       });
     } catch (error) {
       if (!(error instanceof CheckFailure)) throw error;
@@ -484,6 +485,7 @@ export class RoleRunner implements AsyncDisposable {
       transport: this.transport,
       listenPort,
       deadlineMs: this.#config.clientDeadlineMs,
+      service: this.#config.service,
       runClient: async (options) => {
         const run = await this.#runClient(options);
         runs.push(run);
@@ -522,7 +524,7 @@ export class RoleRunner implements AsyncDisposable {
       // The reply is looked for in the first 256 KiB of output: enough for any check.
       const found = () =>
         expect !== undefined &&
-        indexOfBytes(program.stdoutBytes().subarray(0, 256 * 1024), expect) >= 0;
+        outputHasReply(program.stdoutBytes().subarray(0, 256 * 1024), expect, this.#config.service);
       await program.waitUntil(() => found() || !program.running, this.#config.clientDeadlineMs);
       const ms = Math.round(performance.now() - started);
       const exitedOnItsOwn = !program.running;

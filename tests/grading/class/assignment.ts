@@ -5,6 +5,7 @@
  * ```json
  * {
  *   "name": "Lab 2: socket programming",
+ *   "service": "upper",
  *   "roles": ["tcp_server", "tcp_client"],
  *   "checks": { "tcp_server": ["basic", "long1k", "concurrent"] },
  *   "points": { "default": 1, "tcp_server": 2, "tcp_server.concurrent": 4 },
@@ -21,6 +22,7 @@
  */
 import { type CheckId, checksFor } from "../checks.ts";
 import { type Role, ROLES } from "../config.ts";
+import { type Service, SERVICES } from "../compare.ts";
 
 /** How one role's program is found, built and run, where the defaults are not right. */
 export interface ProgramOverride {
@@ -49,6 +51,13 @@ export interface ProgramOverride {
 export interface Assignment {
   /** Shown in feedback; the column name of the Canvas export. */
   name: string;
+  /**
+   * The service the programs implement: `upper`, the textbook's uppercase
+   * app (the default), or `count-s`, its suggested modification (the
+   * number of times the letter s, or S, appears). It chooses the expected
+   * replies and the hints, as `GRADE_SERVICE` does for `deno task grade`.
+   */
+  service: Service;
   /** The roles graded, in order. */
   roles: Role[];
   /** The checks graded, per role. */
@@ -130,6 +139,8 @@ export async function readAssignment(path: string): Promise<Assignment> {
  * const a = parseAssignment({ roles: ["tcp_server"], points: { "tcp_server.basic": 3 } }, "a.json");
  * assert.deepEqual(a.points["tcp_server.basic"], 3);
  * assert.deepEqual(a.points["tcp_server.utf8"], 1);
+ * assert.equal(a.service, "upper");
+ * assert.equal(parseAssignment({ service: "count-s" }, "b.json").service, "count-s");
  * ```
  */
 export function parseAssignment(json: unknown, where: string): Assignment {
@@ -140,6 +151,7 @@ export function parseAssignment(json: unknown, where: string): Assignment {
   const given = json as Record<string, unknown>;
   const known = [
     "name",
+    "service",
     "roles",
     "checks",
     "points",
@@ -153,6 +165,9 @@ export function parseAssignment(json: unknown, where: string): Assignment {
 
   const name = given.name ?? "Socket programming";
   if (typeof name !== "string" || !name.trim()) fail(`"name" must be a non-empty string`);
+
+  const service = SERVICES.find((s) => s === (given.service ?? "upper")) ??
+    fail(`"service" must be ${SERVICES.map((s) => JSON.stringify(s)).join(" or ")}`);
 
   const roleOf = (word: unknown, field: string): Role => {
     const role = ROLES.find((r) => r === word);
@@ -235,6 +250,7 @@ export function parseAssignment(json: unknown, where: string): Assignment {
   };
   return {
     name: (name as string).trim(),
+    service,
     roles,
     checks,
     points,

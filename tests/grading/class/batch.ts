@@ -321,6 +321,7 @@ async function gradeStudent(student: Student, options: ClassOptions): Promise<St
         })),
         readyDeadlineMs: assignment.readyDeadlineMs,
         clientDeadlineMs: assignment.clientDeadlineMs,
+        service: assignment.service,
       };
       const ran = await runChild(job, root, isolation, options.studentSeconds ?? STUDENT_SECONDS);
       if ("error" in ran) failure = ran.error;
@@ -393,7 +394,9 @@ function gradedRole(
   assignment: Assignment,
   failure: string | undefined,
 ): RoleReport {
-  const titles = new Map(checksFor(program.role).map((c) => [c.id, c.title]));
+  const titles = new Map(
+    checksFor(program.role, { service: assignment.service }).map((c) => [c.id, c.title]),
+  );
   const checks = assignment.checks[program.role].map((id): CheckOutcome => {
     const max = assignment.points[`${program.role}.${id}`];
     const result = results.find((r) => r.role === program.role && r.id === id);
@@ -408,7 +411,9 @@ function gradedRole(
 
 /** A role whose program is missing or did not build: every check 0, with why. */
 function unrunRole(program: RoleProgram, assignment: Assignment): RoleReport {
-  const titles = new Map(checksFor(program.role).map((c) => [c.id, c.title]));
+  const titles = new Map(
+    checksFor(program.role, { service: assignment.service }).map((c) => [c.id, c.title]),
+  );
   const why = program.state === "missing"
     ? program.problem!
     : `${program.file} did not build:\n${program.problem}`;

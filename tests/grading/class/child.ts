@@ -12,6 +12,7 @@
  * @module
  */
 import type { CheckId } from "../checks.ts";
+import type { Service } from "../compare.ts";
 import { defaultTemplate, type GradeConfig, type Role, ROLES } from "../config.ts";
 import { type CheckResult, RoleRunner } from "../runner.ts";
 
@@ -25,6 +26,8 @@ export interface ChildJob {
   readyDeadlineMs: number;
   /** How long a client gets to print the reply, or to give up. */
   clientDeadlineMs: number;
+  /** The assignment's service; default `upper`. */
+  service?: Service;
 }
 
 /** What the child writes back. */
@@ -52,7 +55,7 @@ export async function runJob(job: ChildJob): Promise<ChildOutput> {
   const fixedPorts = {} as Record<Role, number>;
   for (const role of ROLES) {
     const given = job.roles.find((r) => r.role === role);
-    templates[role] = given?.template ?? defaultTemplate(role);
+    templates[role] = given?.template ?? defaultTemplate(role, { service: job.service });
     fixedPorts[role] = given?.port ?? 12000;
   }
   const config: GradeConfig = {
@@ -63,7 +66,8 @@ export async function runJob(job: ChildJob): Promise<ChildOutput> {
     readyDeadlineMs: job.readyDeadlineMs,
     clientDeadlineMs: job.clientDeadlineMs,
     cwd: job.cwd,
-    assignment: "uppercase", // class grading grades the uppercase app only, for now
+    assignment: "uppercase", // class grading grades the uppercase app (either service), for now
+    service: job.service ?? "upper",
   };
   // The TCP roles and the UDP roles run side by side: they use different
   // ports (TCP 12000 is not UDP 12000), and most of a student's time is
