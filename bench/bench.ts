@@ -47,6 +47,13 @@ interface ServerSpec {
   udp?: string[];
   /** True for our programs and candidate copies of them. */
   ours: boolean;
+  /**
+   * True for a server that forks a process per connection: its sockets, CPU
+   * and memory (the sum of PSS) are counted over its whole process tree.
+   */
+  tree?: boolean;
+  /** True for a server measured only when named in --servers. */
+  optIn?: boolean;
 }
 
 /** What loadgen prints for one measured window. */
@@ -144,7 +151,8 @@ Options:
   --modes LIST           any of tcp,conn,udp,idle (default: all)
   --conns LIST           concurrent connections or sockets (default 1,16,256)
   --idle-conns N         connections held in the idle mode (default 10000)
-  --servers LIST         only these servers (names as in the table)
+  --servers LIST         only these servers (names as in the table); c-fork, the
+                         C server with a process per connection, runs only if named
   --tcp-server PATH      measure this script as "deno" instead of tcp_server.ts
   --udp-server PATH      measure this script as "deno" instead of udp_server.ts
   --candidate NAME=tcp:PATH, --candidate NAME=udp:PATH
@@ -348,6 +356,8 @@ class Lines {
 interface RunningServer {
   child: Deno.ChildProcess;
   pid: number;
+  /** Measure the PID's whole process tree (see ServerSpec.tree). */
+  tree?: boolean;
   port: number;
   stderr: string[];
   stop(): Promise<void>;
@@ -445,6 +455,7 @@ async function measureOnce(
     opts.warmup,
     "--server-pid",
     server.pid,
+    ...(server.tree ? ["--server-tree", 1] : []),
   ]);
   const timeoutMs = mode === "idle" ? 180_000 : (opts.duration + opts.warmup) * 1000 + 30_000;
   const child = new Deno.Command(cmd[0], {
@@ -474,7 +485,9 @@ async function measureIdle(
   opts: Options,
 ): Promise<IdleResult> {
   await sleep(500); // let the server finish starting up before the baseline
-  const serve = await measure(loadgen, server, "idle", opts.idleConns, opts);
+  // Measured once, never again when noisy: a second try on the same server
+  // would start from the memory the first one's connections left it.
+  const serve = await measureOnce(loadgen, server, "idle", opts.idleConns, opts);
   const n = opts.idleConns;
   const { base_kb = 0, held_kb = 0, after_kb = 0, accepted = 0 } = serve;
   if (accepted < n) throw new Error(`the server accepted only ${accepted} of ${n} connections`);
@@ -499,7 +512,11 @@ function sleep(ms: number): Promise<void> {
 // The run
 // ---------------------------------------------------------------------------
 
-function serverSpecs(opts: Options, python: string | undefined, cServer: string): ServerSpec[] {
+function serverSpecs(
+  opts: Options,
+  python: string | undefined,
+  cServers: { epoll: string; fork: string },
+): ServerSpec[] {
   const deno = Deno.execPath();
   const ourTcp = ["--port", "0", "--quiet", "--max-connections", "20000"];
   const ourUdp = ["--port", "0", "--quiet"];
@@ -549,11 +566,21 @@ function serverSpecs(opts: Options, python: string | undefined, cServer: string)
   specs.push({
     name: "c",
     about: "C epoll/recvmmsg, ASCII uppercase (bench/servers/c_server.c)",
-    tcp: [cServer, "tcp"],
-    udp: [cServer, "udp"],
+    tcp: [cServers.epoll, "tcp"],
+    udp: [cServers.epoll, "udp"],
     ours: false,
+  }, {
+    name: "c-fork",
+    about: "C, a process per connection: fork() and blocking calls, TCP only; memory is the " +
+      "sum of PSS over its processes (bench/servers/c_fork_server.c; only with --servers)",
+    tcp: [cServers.fork],
+    ours: false,
+    tree: true,
+    optIn: true,
   });
-  return opts.servers ? specs.filter((s) => opts.servers!.includes(s.name)) : specs;
+  return opts.servers
+    ? specs.filter((s) => opts.servers!.includes(s.name))
+    : specs.filter((s) => !s.optIn);
 }
 
 function log(text: string) {
@@ -577,7 +604,7 @@ async function collect(
         const points = mode === "idle" ? [opts.idleConns] : opts.conns;
         let server: RunningServer | undefined;
         try {
-          server = await startServer(spec[transport]!, opts.pin);
+          server = { ...await startServer(spec[transport]!, opts.pin), tree: spec.tree };
           for (const conns of points) {
             const sample: Sample = { run, mode, conns, server: spec.name };
             try {
@@ -883,7 +910,10 @@ async function main(args: string[]): Promise<number> {
     return 1;
   }
   const loadgen = await compile("loadgen.c", "loadgen");
-  const cServer = await compile("servers/c_server.c", "c_server");
+  const cServers = {
+    epoll: await compile("servers/c_server.c", "c_server"),
+    fork: await compile("servers/c_fork_server.c", "c_fork_server"),
+  };
   const cores = navigator.hardwareConcurrency;
   let pinNote = "server on core 0, generator on core 1 (taskset)";
   if (opts.pin && (cores < 2 || !(await available(["taskset", "-c", "0", "true"])))) {
@@ -894,7 +924,7 @@ async function main(args: string[]): Promise<number> {
   }
   const python = await pythonPath();
   if (!(await available(["node", "--version"]))) log("warning: node not found; no Node reference");
-  const specs = serverSpecs(opts, python, cServer);
+  const specs = serverSpecs(opts, python, cServers);
   const load0 = Deno.loadavg();
   log(
     `bench: ${opts.runs} run(s), ${opts.duration} s per point after ${opts.warmup} s warm-up; ` +

@@ -21,7 +21,10 @@
 //
 // Other options: --host A (IPv4, default 127.0.0.1), --size B (bytes per
 // line, default 64), --server-pid PID (measure its CPU and memory over the
-// measured window), --max-requests N (a bound on top of the duration).
+// measured window), --server-tree 1 (the server forks a process per
+// connection: count the sockets and CPU of PID and all its descendants, and
+// their memory as the sum of their PSS, so pages shared after fork() count
+// once), --max-requests N (a bound on top of the duration).
 //
 // Prints one JSON object per line on stdout. Exit code 0 unless setup failed.
 // Traffic only goes to the given IPv4 address, which bench.ts sets to the
@@ -75,8 +78,9 @@ static struct {
   int size;
   int timeout_ms;
   int server_pid;
+  int server_tree;
   uint64_t max_requests;
-} opt = {MODE_TCP, {0}, 16, 3.0, 0.5, 64, 100, 0, 100000000ull};
+} opt = {MODE_TCP, {0}, 16, 3.0, 0.5, 64, 100, 0, 0, 100000000ull};
 
 typedef struct {
   int measuring;
@@ -412,6 +416,65 @@ static long proc_status_kb(int pid, const char *field) {
   return kb;
 }
 
+// The server and, with --server-tree, all its descendants (each child's
+// /proc/PID/task/PID/children: a forking server forks from its main thread).
+// Returns how many PIDs it put in out (at most max).
+static int server_pids(int *out, int max) {
+  if (!opt.server_pid) return 0;
+  int n = 0;
+  out[n++] = opt.server_pid;
+  for (int i = 0; opt.server_tree && i < n; i++) {
+    char path[96];
+    snprintf(path, sizeof path, "/proc/%d/task/%d/children", out[i], out[i]);
+    FILE *f = fopen(path, "r");
+    if (!f) continue; // it exited meanwhile
+    int child;
+    while (n < max && fscanf(f, "%d", &child) == 1) out[n++] = child;
+    fclose(f);
+  }
+  return n;
+}
+
+enum { MAX_TREE = 1 << 17 };
+static int tree[MAX_TREE];
+
+// The server's CPU time in seconds. With --server-tree, the sum over the
+// live tree of each process's time on a CPU in nanoseconds (schedstat):
+// hundreds of processes each rounded to clock ticks would lose most of it.
+static double server_cpu_s(void) {
+  if (!opt.server_tree) return proc_cpu_ticks(opt.server_pid) / (double)sysconf(_SC_CLK_TCK);
+  int n = server_pids(tree, MAX_TREE);
+  double sum = 0;
+  for (int i = 0; i < n; i++) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/schedstat", tree[i]);
+    FILE *f = fopen(path, "r");
+    if (!f) continue;
+    unsigned long long ns = 0;
+    if (fscanf(f, "%llu", &ns) == 1) sum += ns / 1e9;
+    fclose(f);
+  }
+  return sum;
+}
+
+// The server's resident memory in KB: VmRSS, or with --server-tree the sum of
+// the tree's PSS (a page shared by k processes counts 1/k in each).
+static long server_mem_kb(void) {
+  if (!opt.server_tree) return proc_status_kb(opt.server_pid, "VmRSS");
+  int n = server_pids(tree, MAX_TREE);
+  long sum = 0;
+  for (int i = 0; i < n; i++) {
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/smaps_rollup", tree[i]);
+    FILE *f = fopen(path, "r");
+    if (!f) continue;
+    while (fgets(line, sizeof line, f))
+      if (strncmp(line, "Pss:", 4) == 0) sum += atol(line + 4);
+    fclose(f);
+  }
+  return sum;
+}
+
 // CPU time used by the whole machine (all cores), in clock ticks: what the
 // server and the generator did not use of it is other load, i.e. noise.
 static uint64_t machine_busy_ticks(void) {
@@ -434,8 +497,8 @@ static double self_cpu_s(void) {
 }
 
 static struct {
-  uint64_t t0, server_ticks0, machine_ticks0;
-  double self0;
+  uint64_t t0, machine_ticks0;
+  double self0, server_cpu0;
 } win;
 
 static void start_window(uint64_t t) {
@@ -443,7 +506,7 @@ static void start_window(uint64_t t) {
   st.nsamples = 0;
   st.measuring = 1;
   win.t0 = t;
-  win.server_ticks0 = proc_cpu_ticks(opt.server_pid);
+  win.server_cpu0 = server_cpu_s();
   win.machine_ticks0 = machine_busy_ticks();
   win.self0 = self_cpu_s();
   for (int i = 0; i < opt.conns; i++) {
@@ -456,8 +519,7 @@ static void start_window(uint64_t t) {
 static void report(uint64_t t) {
   double secs = (t - win.t0) / 1e9;
   double server_cpu =
-      opt.server_pid ? (proc_cpu_ticks(opt.server_pid) - win.server_ticks0) /
-                           (double)sysconf(_SC_CLK_TCK) / secs * 100
+      opt.server_pid ? (server_cpu_s() - win.server_cpu0) / secs * 100
                      : 0;
   double self_cpu = (self_cpu_s() - win.self0) / secs * 100;
   double machine_cpu =
@@ -487,7 +549,7 @@ static void report(uint64_t t) {
          pct(0.999), st.nsamples ? st.samples[st.nsamples - 1] / 1000.0 : 0.0, st.errors,
          st.verify_errors, st.connect_errors, st.losses, st.late, stalled, max_gap / 1e6,
          min_replies == UINT64_MAX ? 0 : min_replies, max_replies, server_cpu, self_cpu, other_cpu,
-         proc_status_kb(opt.server_pid, "VmRSS"), proc_status_kb(opt.server_pid, "VmHWM"),
+         server_mem_kb(), proc_status_kb(opt.server_pid, "VmHWM"),
          idle_extra, first_error);
   fflush(stdout);
 }
@@ -575,6 +637,16 @@ static int count_sockets(int pid) {
   return n;
 }
 
+// The open sockets of the server (with --server-tree: of its whole tree).
+static int server_sockets(void) {
+  int n = server_pids(tree, MAX_TREE), sum = 0;
+  for (int i = 0; i < n; i++) {
+    int k = count_sockets(tree[i]);
+    if (k > 0) sum += k;
+  }
+  return sum;
+}
+
 static void sleep_ms(int ms) {
   struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
   nanosleep(&ts, NULL);
@@ -584,8 +656,8 @@ static void sleep_ms(int ms) {
 // the connections (once the server has accepted them all: its count of open
 // files says so), and after serving each once.
 static void run_idle(void) {
-  int base_fds = opt.server_pid ? count_sockets(opt.server_pid) : 0;
-  long base_kb = proc_status_kb(opt.server_pid, "VmRSS");
+  int base_fds = opt.server_pid ? server_sockets() : 0;
+  long base_kb = server_mem_kb();
   uint64_t t0 = now_ns();
   int next = 0, pending = 0, held = 0;
   uint64_t deadline = t0 + 60 * NS;
@@ -628,7 +700,7 @@ static void run_idle(void) {
   uint64_t hold_end = now_ns() + 30 * NS, settle_end = 0;
   while (now_ns() < (settle_end ? settle_end : hold_end)) {
     if (!settle_end && opt.server_pid) {
-      accepted = count_sockets(opt.server_pid) - base_fds;
+      accepted = server_sockets() - base_fds;
       if (accepted >= opt.conns) settle_end = now_ns() + NS;
     } else if (!opt.server_pid && !settle_end) {
       settle_end = now_ns() + NS;
@@ -642,7 +714,7 @@ static void run_idle(void) {
       }
     }
   }
-  long held_kb = proc_status_kb(opt.server_pid, "VmRSS");
+  long held_kb = server_mem_kb();
 
   // Serve each connection once: all requests go out at once.
   uint64_t closed_while_held = st.closed;
@@ -682,8 +754,7 @@ static void run_idle(void) {
   snprintf(idle_extra, sizeof idle_extra,
            ",\"connect_s\":%.3f,\"accepted\":%d,\"closed_while_held\":%" PRIu64
            ",\"base_kb\":%ld,\"held_kb\":%ld,\"after_kb\":%ld",
-           connect_s, accepted, st.closed, base_kb, held_kb,
-           proc_status_kb(opt.server_pid, "VmRSS"));
+           connect_s, accepted, st.closed, base_kb, held_kb, server_mem_kb());
   report(t);
   for (int i = 0; i < opt.conns; i++) close_conn(&conns[i]);
 }
@@ -716,6 +787,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--size")) opt.size = (int)num_arg(v, a);
     else if (!strcmp(a, "--timeout-ms")) opt.timeout_ms = (int)num_arg(v, a);
     else if (!strcmp(a, "--server-pid")) opt.server_pid = (int)num_arg(v, a);
+    else if (!strcmp(a, "--server-tree")) opt.server_tree = (int)num_arg(v, a);
     else if (!strcmp(a, "--max-requests")) opt.max_requests = (uint64_t)num_arg(v, a);
     else die("unknown option %s", a);
   }

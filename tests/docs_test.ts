@@ -55,3 +55,17 @@ for (const program of ["udp_client.ts", "udp_server.ts", "tcp_client.ts", "tcp_s
     assert.ok(quoted >= 6, `only ${quoted} lines quoted for ${program}`);
   });
 }
+
+Deno.test("docs/concurrency.md: the lines it quotes are in tcp_server.ts", async () => {
+  const code = await Deno.readTextFile(join(ROOT, "tcp_server.ts"));
+  const doc = await Deno.readTextFile(join(ROOT, "docs", "concurrency.md"));
+  const start = doc.indexOf("### 6. Async functions");
+  assert.ok(start > 0, "docs/concurrency.md has no section on async functions");
+  const section = doc.slice(start, doc.indexOf("\n## ", start));
+  // Each bullet opens with a line of the program in a code span.
+  const quoted = section.split("\n- ").slice(1).map((bullet) => codeSpans(bullet)[0]);
+  assert.ok(quoted.length >= 4, `only ${quoted.length} lines quoted`);
+  for (const line of quoted) {
+    assert.ok(code.includes(line), `docs/concurrency.md quotes \`${line}\`, not in tcp_server.ts`);
+  }
+});
