@@ -745,7 +745,10 @@ Deno.test({
       verbatim >= 1 && verbatim <= 10 * (counts.length + 1),
       `${verbatim} lines:\n${stdout}`,
     );
-    assert.ok(verbatim + counted >= 250, `${verbatim} + ${counts.join(" + ")} accept errors`);
+    // How many of the 300 resets make accept() fail is the kernel's business
+    // (129 to 300 measured, fewer under load): enough that the limiter had to count.
+    assert.ok(verbatim >= 10 && counts.length >= 1, `${verbatim} lines, counts ${counts}`);
+    assert.ok(verbatim + counted >= 50, `${verbatim} + ${counts.join(" + ")} accept errors`);
   },
 });
 
