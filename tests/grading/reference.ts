@@ -65,13 +65,55 @@ function utf8Decoder(): TextDecoder {
 
 const encoder = new TextEncoder();
 
-function startTcp(port: number, service: Service): ReferenceServer {
-  const listeners = listenTcpLoopback(port);
-  const conns = new Set<Deno.Conn>();
+/**
+ * Accepts clients on every listener and runs `serve` for each, concurrently,
+ * closing each connection when `serve` is done; `close` stops accepting,
+ * closes every connection and waits for everything to end.
+ */
+function serveEach(
+  listeners: Deno.TcpListener[],
+  serve: (conn: Deno.TcpConn) => Promise<void>,
+): { port: number; accepted: () => number; close: () => Promise<void> } {
+  const conns = new Set<Deno.TcpConn>();
   const tasks = new Set<Promise<void>>();
   let accepted = 0;
   let closing = false;
 
+  async function acceptLoop(listener: Deno.TcpListener) {
+    for (;;) {
+      let conn: Deno.TcpConn;
+      try {
+        conn = await listener.accept();
+      } catch {
+        if (closing) return;
+        continue; // a client that reset before accept(): its own failure only
+      }
+      accepted++;
+      conns.add(conn);
+      const task = serve(conn).finally(() => {
+        conns.delete(conn);
+        closeQuietly(conn);
+        tasks.delete(task);
+      });
+      tasks.add(task);
+    }
+  }
+
+  const loops = listeners.map(acceptLoop);
+  return {
+    port: (listeners[0].addr as Deno.NetAddr).port,
+    accepted: () => accepted,
+    close: async () => {
+      closing = true;
+      for (const listener of listeners) closeQuietly(listener);
+      for (const conn of conns) closeQuietly(conn);
+      await Promise.all(loops);
+      await Promise.all(tasks);
+    },
+  };
+}
+
+function startTcp(port: number, service: Service): ReferenceServer {
   /**
    * sentence = recv(); send(sentence.upper()); until the client half-closes;
    * close(). For count-s: count as the pieces arrive, send the count at the end.
@@ -91,42 +133,15 @@ function startTcp(port: number, service: Service): ReferenceServer {
       await writeAll(conn, encoder.encode(last));
     } catch {
       // A reset, a client gone, or our own close: this connection only.
-    } finally {
-      conns.delete(conn);
-      closeQuietly(conn);
     }
   }
 
-  async function acceptLoop(listener: Deno.Listener) {
-    for (;;) {
-      let conn: Deno.Conn;
-      try {
-        conn = await listener.accept();
-      } catch {
-        if (closing) return;
-        continue; // a client that reset before accept(): its own failure only
-      }
-      accepted++;
-      conns.add(conn);
-      const task = serve(conn);
-      tasks.add(task);
-      task.finally(() => tasks.delete(task));
-    }
-  }
-
-  const loops = listeners.map(acceptLoop);
-  const close = async () => {
-    closing = true;
-    for (const listener of listeners) closeQuietly(listener);
-    for (const conn of conns) closeQuietly(conn);
-    await Promise.all(loops);
-    await Promise.all(tasks);
-  };
+  const server = serveEach(listenTcpLoopback(port), serve);
   return {
-    port: (listeners[0].addr as Deno.NetAddr).port,
-    traffic: () => accepted,
-    close,
-    [Symbol.asyncDispose]: close,
+    port: server.port,
+    traffic: server.accepted,
+    close: server.close,
+    [Symbol.asyncDispose]: server.close,
   };
 }
 
@@ -226,12 +241,7 @@ export function startReferenceSessionServer(
   port: number,
   options: ReferenceSessionOptions = {},
 ): ReferenceSessionServer {
-  const listeners = listenTcpLoopback(port);
-  const conns = new Set<Deno.TcpConn>();
-  const tasks = new Set<Promise<void>>();
   const received: string[] = [];
-  let accepted = 0;
-  let closing = false;
 
   async function reply(conn: Deno.TcpConn, text: string) {
     const bytes = encoder.encode(`${text}\n`);
@@ -270,42 +280,15 @@ export function startReferenceSessionServer(
       }
     } catch {
       // A reset, a client gone, or our own close: this connection only.
-    } finally {
-      conns.delete(conn);
-      closeQuietly(conn);
     }
   }
 
-  async function acceptLoop(listener: Deno.TcpListener) {
-    for (;;) {
-      let conn: Deno.TcpConn;
-      try {
-        conn = await listener.accept();
-      } catch {
-        if (closing) return;
-        continue;
-      }
-      accepted++;
-      conns.add(conn);
-      const task = serve(conn);
-      tasks.add(task);
-      task.finally(() => tasks.delete(task));
-    }
-  }
-
-  const loops = listeners.map(acceptLoop);
-  const close = async () => {
-    closing = true;
-    for (const listener of listeners) closeQuietly(listener);
-    for (const conn of conns) closeQuietly(conn);
-    await Promise.all(loops);
-    await Promise.all(tasks);
-  };
+  const server = serveEach(listenTcpLoopback(port), serve);
   return {
-    port: (listeners[0].addr as Deno.NetAddr).port,
-    connections: () => accepted,
+    port: server.port,
+    connections: server.accepted,
     messages: () => [...received],
-    close,
-    [Symbol.asyncDispose]: close,
+    close: server.close,
+    [Symbol.asyncDispose]: server.close,
   };
 }
