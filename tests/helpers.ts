@@ -352,3 +352,42 @@ export async function udpExchange(
   const { reply, from } = await udpRequest({ address: { hostname, port }, data, ms });
   return reply && from ? { data: reply, from } : undefined;
 }
+
+/**
+ * A stub TCP server on 127.0.0.1 for client tests: accepts one connection,
+ * answers it through `answer` (or never, if that never settles), closes it,
+ * and runs `body` with its port meanwhile.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * await withStub(async (conn) => void await conn.write(new TextEncoder().encode("HI")), async (port) => {
+ *   const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+ *   const buffer = new Uint8Array(2);
+ *   assert.equal(await conn.read(buffer), 2);
+ *   conn.close();
+ * });
+ * ```
+ */
+export async function withStub(
+  answer: (conn: Deno.TcpConn) => Promise<void>,
+  body: (port: number) => Promise<void>,
+): Promise<void> {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const served = (async () => {
+    const conn = await listener.accept();
+    try {
+      await answer(conn);
+    } catch {
+      // The client may close first; the test body decides what is right.
+    } finally {
+      conn.close();
+    }
+  })();
+  try {
+    await body(listener.addr.port);
+  } finally {
+    listener.close();
+    await served;
+  }
+}

@@ -9,7 +9,16 @@ import { openSession } from "../tcp_client.ts";
 import { startSessionServer } from "../tcp_server.ts";
 import { loadConfig } from "./grading/config.ts";
 import { RoleRunner } from "./grading/runner.ts";
-import { NET, Program, readToEnd, SUBPROCESS, utf8, withDeadline, withServer } from "./helpers.ts";
+import {
+  NET,
+  Program,
+  readToEnd,
+  SUBPROCESS,
+  utf8,
+  withDeadline,
+  withServer,
+  withStub,
+} from "./helpers.ts";
 
 /** The reply to `message`, worked out from its UTF-8 bytes. */
 function bytesReply(message: string): string {
@@ -196,30 +205,6 @@ Deno.test({
       assert.ok(log.includes("Client left without Exit, Server socket closed"), log.join("\n"));
     }),
 });
-
-/** A stub server: accepts one connection and answers with `answer` (given the conn). */
-async function withStub(
-  answer: (conn: Deno.TcpConn) => Promise<void>,
-  body: (port: number) => Promise<void>,
-) {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const served = (async () => {
-    const conn = await listener.accept();
-    try {
-      await answer(conn);
-    } catch {
-      // The client may close first.
-    } finally {
-      conn.close();
-    }
-  })();
-  try {
-    await body(listener.addr.port);
-  } finally {
-    listener.close();
-    await served;
-  }
-}
 
 Deno.test({
   name: "session client: two replies in one read are two replies; a reply split into bytes is one",

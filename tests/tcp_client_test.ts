@@ -15,35 +15,17 @@ import {
   ROOT,
   SUBPROCESS,
   withServer,
+  withStub,
   writeAll,
 } from "./helpers.ts";
 import { expectedReply, expectedText } from "./grading/compare.ts";
 
-/**
- * A stub server that accepts one connection, reads the request to its end,
- * and then answers through `answer` (or never, if it returns a never-settling promise).
- */
-async function withStub(
+/** A stub that reads the request to its end, then answers through `answer`. */
+function withReadingStub(
   answer: (conn: Deno.Conn, request: Uint8Array) => Promise<void>,
   body: (port: number) => Promise<void>,
 ) {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const served = (async () => {
-    const conn = await listener.accept();
-    try {
-      await answer(conn, await readToEnd(conn));
-    } catch {
-      // The client may close first; the test body decides what is right.
-    } finally {
-      conn.close();
-    }
-  })();
-  try {
-    await body(listener.addr.port);
-  } finally {
-    listener.close();
-    await served;
-  }
+  return withStub(async (conn) => await answer(conn, await readToEnd(conn)), body);
 }
 
 // The golden test: the one place that pins the service itself, with a
@@ -72,7 +54,7 @@ Deno.test({
   name: "tcp client: a reply split across many reads is read whole, to end of stream",
   permissions: NET,
   fn: () =>
-    withStub(async (conn, request) => {
+    withReadingStub(async (conn, request) => {
       // Answer one byte at a time, splitting every multibyte character.
       for (const byte of expectedReply(request)) {
         await writeAll(conn, new Uint8Array([byte]));
@@ -117,7 +99,7 @@ Deno.test({
   fn: () => {
     let release = () => {};
     const never = new Promise<void>((resolve) => release = resolve);
-    return withStub(() => never, async (port) => {
+    return withReadingStub(() => never, async (port) => {
       const started = performance.now();
       try {
         await assert.rejects(
@@ -371,13 +353,13 @@ Deno.test({
   fn: async () => {
     const reply = new Uint8Array(2 * 1024 * 1024).fill(0x62);
     const answer = (conn: Deno.Conn) => writeAll(conn, reply);
-    await withStub(answer, async (port) => {
+    await withReadingStub(answer, async (port) => {
       await assert.rejects(
         exchangeTcp({ hostname: "127.0.0.1", port, sentence: "x", maxReplyBytes: 1024 * 1024 }),
         ReplyTooLongError,
       );
     });
-    await withStub(answer, async (port) => {
+    await withReadingStub(answer, async (port) => {
       let received = 0;
       const kept = await exchangeTcp({
         hostname: "127.0.0.1",
