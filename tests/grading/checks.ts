@@ -638,7 +638,7 @@ async function withOurServer<T>(
 ): Promise<T> {
   // A fixed port that a proxy of the same check just closed can stay taken
   // for a moment.
-  if (port !== 0) await portBecomesFree(transport, port);
+  await portBecomesFree(transport, port);
   const server = startReferenceServer(transport, port, service);
   try {
     return await body(server.port, server.traffic);
@@ -763,6 +763,7 @@ const splitClientCheck: ClientCheck = {
     const { split, stats, requests } = await withOurServer(
       { transport: "tcp", port: 0, service: context.service },
       async (serverPort) => {
+        await portBecomesFree("tcp", context.listenPort); // a fixed port just closed
         const proxy = await startSplitProxy({
           port: context.listenPort,
           target: { hostname: "127.0.0.1", port: serverPort },
@@ -828,6 +829,7 @@ const lossyCheck: ClientCheck = {
     "times, then give up with a message.",
   run: (context) =>
     withOurServer({ transport: "udp", port: 0, service: context.service }, async (serverPort) => {
+      await portBecomesFree("udp", context.listenPort); // a fixed port just closed
       const proxy = await startLossyUdpProxy({
         port: context.listenPort,
         target: { hostname: "127.0.0.1", port: serverPort },
@@ -870,6 +872,7 @@ function noReplyCheck(transport: "tcp" | "udp"): ClientCheck {
       : "recvfrom() waits forever when no reply comes. Set a timeout " +
         "(clientSocket.settimeout(1)), catch socket.timeout, say so and exit.",
     run: async (context) => {
+      await portBecomesFree(transport, context.listenPort); // a fixed port just closed
       const stub = transport === "tcp"
         ? await startSilentTcpServer(context.listenPort)
         : await startSilentUdpServer(context.listenPort);

@@ -107,10 +107,11 @@ export function bindUdpLoopback(port: number): Deno.DatagramConn[] {
 }
 
 /**
- * Whether `port` can be bound on 127.0.0.1 within `ms`. Right after the
- * previous check's listener closed, its port can stay taken for a moment
- * (measured under gVisor with the whole suite running: free again about a
- * millisecond later), and a grade must not fail for that.
+ * Whether `port` can be bound on 127.0.0.1 and ::1 within `ms` (port 0: at
+ * once). Right after the previous check's listener closed, its port can
+ * stay taken for a moment (measured under gVisor with the whole suite
+ * running: free again about a millisecond later), and a grade must not fail
+ * for that.
  *
  * @example
  * ```ts
@@ -128,6 +129,7 @@ export async function portBecomesFree(
   port: number,
   ms = 1000,
 ): Promise<boolean> {
+  if (port === 0) return true; // any free port: nothing to wait for
   const stopAt = performance.now() + ms;
   while (!portIsFree(transport, port)) {
     if (performance.now() >= stopAt) return false;
@@ -137,7 +139,7 @@ export async function portBecomesFree(
 }
 
 /**
- * Whether `port` can be bound on 127.0.0.1 right now.
+ * Whether `port` can be bound on 127.0.0.1 and ::1 (where it exists) right now.
  *
  * @example
  * ```ts
@@ -149,16 +151,20 @@ export async function portBecomesFree(
  * ```
  */
 export function portIsFree(transport: "tcp" | "udp", port: number): boolean {
-  try {
-    const socket = transport === "tcp"
-      ? Deno.listen({ hostname: "127.0.0.1", port })
-      : Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port });
-    socket.close();
-    return true;
-  } catch (error) {
-    if (error instanceof Deno.errors.AddrInUse) return false;
-    throw error;
+  // Both loopback addresses: the kit binds both (::1 only where it exists).
+  for (const hostname of ["127.0.0.1", "::1"]) {
+    try {
+      const socket = transport === "tcp"
+        ? Deno.listen({ hostname, port })
+        : Deno.listenDatagram({ transport: "udp", hostname, port });
+      socket.close();
+    } catch (error) {
+      if (error instanceof Deno.errors.AddrInUse) return false;
+      if (error instanceof Deno.errors.AddrNotAvailable) continue; // no IPv6 here
+      throw error;
+    }
   }
+  return true;
 }
 
 /**

@@ -21,7 +21,7 @@ import type {
   SessionCheckId,
 } from "./checks.ts";
 import { CheckFailure, escapeBytes, indexOfBytes, outputDiff, utf8 } from "./compare.ts";
-import { sleep } from "./net.ts";
+import { portBecomesFree, sleep } from "./net.ts";
 import { startReferenceSessionServer } from "./reference.ts";
 
 /** Deadline for one reply line, in ms. */
@@ -264,14 +264,15 @@ const serverChecks: ServerCheck[] = [
     const first = await conn.line();
     const expected = sessionReplyFor(message);
     if (!("line" in first) || first.line !== expected) {
+      // Fewer bytes than the message: whatever one recv() returned (a byte,
+      // or a few when the system joined the pieces) was taken as the message.
+      const counted = "line" in first ? /^Your data was (\d+) bytes?$/.exec(first.line) : null;
+      const part = counted !== null && Number(counted[1]) < bytes.length - 1;
       throw new CheckFailure(
         `sent ${JSON.stringify(message)} (${bytes.length - 1} bytes) a byte at a time: expected ` +
           `${JSON.stringify(expected)}, ${
             "line" in first ? `got ${JSON.stringify(first.line)}` : first.problem
-          }` +
-          ("line" in first && /^Your data was [1-3] bytes?$/.test(first.line)
-            ? "; the server took one recv() as one message"
-            : ""),
+          }` + (part ? "; the server took one recv() as one message" : ""),
       );
     }
     const extra = await conn.line(SETTLE_MS);
@@ -340,6 +341,7 @@ async function clientRun(
     splitReplies?: boolean;
   },
 ): Promise<{ connections: number; messages: string[]; exitedOnItsOwn: boolean; note: string }> {
+  await portBecomesFree("tcp", context.listenPort); // a fixed port just closed
   await using server = startReferenceSessionServer(context.listenPort, { splitReplies });
   const expect = utf8(replies.at(-1)!);
   const run = await context.runClient({ port: server.port, input, expect });
@@ -429,6 +431,7 @@ const clientChecks: ClientCheck[] = [
     hint: 'After sending Exit, print the reply ("Disconnect"), close the socket and end the ' +
       "loop; do not read another line or wait for more replies.",
     run: async (context) => {
+      await portBecomesFree("tcp", context.listenPort); // a fixed port just closed
       await using server = startReferenceSessionServer(context.listenPort);
       const run = await context.runClient({ port: server.port, input: "Hi\nExit\n" });
       const stdout = run.program.stdoutBytes();
