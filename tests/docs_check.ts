@@ -346,14 +346,20 @@ async function exists(command: string): Promise<boolean> {
   return success;
 }
 
-/** Whether `tool --version` runs (a pyenv shim for a missing version exists, but fails). */
+/**
+ * Whether `tool` is installed and works: on the PATH, and not a stub that
+ * says "command not found" (a pyenv shim for a Python it does not have).
+ * Some tools (nc) have no --version: only that message counts against them.
+ */
 async function works(tool: string): Promise<boolean> {
-  const { success } = await new Deno.Command("sh", {
+  if (!(await exists(tool))) return false;
+  const { stdout, stderr } = await new Deno.Command("sh", {
     args: ["-c", `${shellQuote(tool)} --version`],
-    stdout: "null",
-    stderr: "null",
+    stdout: "piped",
+    stderr: "piped",
   }).output();
-  return success;
+  const said = new TextDecoder().decode(stdout) + new TextDecoder().decode(stderr);
+  return !said.includes("command not found");
 }
 
 /** The documents to check: the arguments, or every document of the project. */
