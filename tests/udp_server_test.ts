@@ -31,26 +31,10 @@ import {
   withDeadline,
   withServer,
 } from "./helpers.ts";
+import { portBecomesFree } from "./grading/net.ts";
 
 function figures(line: string) {
   console.log(`[figures] ${line}`);
-}
-
-/**
- * Binds `address`, which a socket of this test has just closed: a receive()
- * still pending on that socket keeps it open until the runtime has cancelled
- * it, which under load can take a moment after close() returned.
- */
-async function bindWhenFree(address: { hostname: string; port: number }) {
-  const giveUpAt = performance.now() + 2000;
-  for (;;) {
-    try {
-      return Deno.listenDatagram({ transport: "udp", ...address });
-    } catch (error) {
-      if (!(error instanceof Deno.errors.AddrInUse) || performance.now() > giveUpAt) throw error;
-      await new Promise((resolve) => setTimeout(resolve, 20));
-    }
-  }
 }
 
 /** Sends `data` from a socket bound to `from` and resolves to the reply, or undefined. */
@@ -60,7 +44,10 @@ async function exchangeFrom(
   data: Uint8Array,
   ms = 2000,
 ) {
-  const socket = await bindWhenFree(from);
+  // `from` may be an address this test has just closed: a receive() still
+  // pending on that socket keeps it open until the runtime has cancelled it.
+  await portBecomesFree("udp", from.port, { ms: 2000, hostnames: [from.hostname] });
+  const socket = Deno.listenDatagram({ transport: "udp", ...from });
   const receiving = socket.receive();
   let timer: ReturnType<typeof setTimeout> | undefined;
   try {

@@ -763,7 +763,6 @@ const splitClientCheck: ClientCheck = {
     const { split, stats, requests } = await withOurServer(
       { transport: "tcp", port: 0, service: context.service },
       async (serverPort) => {
-        await portBecomesFree("tcp", context.listenPort); // a fixed port just closed
         const proxy = await startSplitProxy({
           port: context.listenPort,
           target: { hostname: "127.0.0.1", port: serverPort },
@@ -829,7 +828,6 @@ const lossyCheck: ClientCheck = {
     "times, then give up with a message.",
   run: (context) =>
     withOurServer({ transport: "udp", port: 0, service: context.service }, async (serverPort) => {
-      await portBecomesFree("udp", context.listenPort); // a fixed port just closed
       const proxy = await startLossyUdpProxy({
         port: context.listenPort,
         target: { hostname: "127.0.0.1", port: serverPort },
@@ -872,7 +870,6 @@ function noReplyCheck(transport: "tcp" | "udp"): ClientCheck {
       : "recvfrom() waits forever when no reply comes. Set a timeout " +
         "(clientSocket.settimeout(1)), catch socket.timeout, say so and exit.",
     run: async (context) => {
-      await portBecomesFree(transport, context.listenPort); // a fixed port just closed
       const stub = transport === "tcp"
         ? await startSilentTcpServer(context.listenPort)
         : await startSilentUdpServer(context.listenPort);

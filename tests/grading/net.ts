@@ -107,8 +107,8 @@ export function bindUdpLoopback(port: number): Deno.DatagramConn[] {
 }
 
 /**
- * Whether `port` can be bound on 127.0.0.1 and ::1 within `ms` (port 0: at
- * once). Right after the previous check's listener closed, its port can
+ * Whether `port` can be bound on `hostnames` (default 127.0.0.1 and ::1, both
+ * of which the kit binds) within `ms` (port 0: at once). Right after the previous check's listener closed, its port can
  * stay taken for a moment (measured under gVisor with the whole suite
  * running: free again about a millisecond later), and a grade must not fail
  * for that.
@@ -119,7 +119,7 @@ export function bindUdpLoopback(port: number): Deno.DatagramConn[] {
  *
  * const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
  * const port = listener.addr.port;
- * assert.equal(await portBecomesFree("tcp", port, 50), false);
+ * assert.equal(await portBecomesFree("tcp", port, { ms: 50 }), false);
  * listener.close();
  * assert.equal(await portBecomesFree("tcp", port), true);
  * ```
@@ -127,11 +127,11 @@ export function bindUdpLoopback(port: number): Deno.DatagramConn[] {
 export async function portBecomesFree(
   transport: "tcp" | "udp",
   port: number,
-  ms = 1000,
+  { ms = 1000, hostnames = LOOPBACK_HOSTS }: { ms?: number; hostnames?: readonly string[] } = {},
 ): Promise<boolean> {
   if (port === 0) return true; // any free port: nothing to wait for
   const stopAt = performance.now() + ms;
-  while (!portIsFree(transport, port)) {
+  while (!portIsFree(transport, port, hostnames)) {
     if (performance.now() >= stopAt) return false;
     await sleep(10);
   }
@@ -139,7 +139,8 @@ export async function portBecomesFree(
 }
 
 /**
- * Whether `port` can be bound on 127.0.0.1 and ::1 (where it exists) right now.
+ * Whether `port` can be bound on each of `hostnames` right now (default
+ * 127.0.0.1 and ::1; an address this machine lacks, ::1 without IPv6, is skipped).
  *
  * @example
  * ```ts
@@ -150,9 +151,12 @@ export async function portBecomesFree(
  * listener.close();
  * ```
  */
-export function portIsFree(transport: "tcp" | "udp", port: number): boolean {
-  // Both loopback addresses: the kit binds both (::1 only where it exists).
-  for (const hostname of ["127.0.0.1", "::1"]) {
+export function portIsFree(
+  transport: "tcp" | "udp",
+  port: number,
+  hostnames: readonly string[] = LOOPBACK_HOSTS,
+): boolean {
+  for (const hostname of hostnames) {
     try {
       const socket = transport === "tcp"
         ? Deno.listen({ hostname, port })

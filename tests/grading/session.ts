@@ -21,7 +21,7 @@ import type {
   SessionCheckId,
 } from "./checks.ts";
 import { CheckFailure, escapeBytes, indexOfBytes, outputDiff, utf8 } from "./compare.ts";
-import { portBecomesFree, sleep } from "./net.ts";
+import { sleep } from "./net.ts";
 import { startReferenceSessionServer } from "./reference.ts";
 
 /** Deadline for one reply line, in ms. */
@@ -341,7 +341,6 @@ async function clientRun(
     splitReplies?: boolean;
   },
 ): Promise<{ connections: number; messages: string[]; exitedOnItsOwn: boolean; note: string }> {
-  await portBecomesFree("tcp", context.listenPort); // a fixed port just closed
   await using server = startReferenceSessionServer(context.listenPort, { splitReplies });
   const expect = utf8(replies.at(-1)!);
   const run = await context.runClient({ port: server.port, input, expect });
@@ -431,7 +430,6 @@ const clientChecks: ClientCheck[] = [
     hint: 'After sending Exit, print the reply ("Disconnect"), close the socket and end the ' +
       "loop; do not read another line or wait for more replies.",
     run: async (context) => {
-      await portBecomesFree("tcp", context.listenPort); // a fixed port just closed
       await using server = startReferenceSessionServer(context.listenPort);
       const run = await context.runClient({ port: server.port, input: "Hi\nExit\n" });
       const stdout = run.program.stdoutBytes();
