@@ -20,6 +20,7 @@
  */
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { GRADE_COMMAND } from "../tests/grading/grade.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const FIXTURE_CLASS = join(ROOT, "tests", "fixtures", "class", "folders");
@@ -63,13 +64,7 @@ async function gradeOnce(dir: string, jobs: number) {
   const started = performance.now();
   const { code, stderr } = await new Deno.Command(Deno.execPath(), {
     args: [
-      "run",
-      "--allow-net",
-      "--allow-run",
-      "--allow-read",
-      "--allow-env",
-      "--allow-write",
-      join(ROOT, "tests", "grading", "grade.ts"),
+      ...GRADE_COMMAND,
       "--class",
       dir,
       "--out",

@@ -16,6 +16,7 @@ import { parseAssignment } from "./grading/class/assignment.ts";
 import { probeIsolation } from "./grading/class/isolation.ts";
 import { findToolchain, portFromSource, roleFromName } from "./grading/class/programs.ts";
 import { findStudents, safeName } from "./grading/class/students.ts";
+import { GRADE_COMMAND } from "./grading/grade.ts";
 import { ROOT, SUBPROCESS } from "./helpers.ts";
 
 const FIXTURES = join(ROOT, "tests", "fixtures", "class");
@@ -29,16 +30,7 @@ async function grade(args: string[]): Promise<{ code: number; stderr: string }> 
   const env: Record<string, string> = { ...Deno.env.toObject(), NO_COLOR: "1" };
   delete env.RUST_BACKTRACE;
   const { code, stderr } = await new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "--allow-net",
-      "--allow-run",
-      "--allow-read",
-      "--allow-env",
-      "--allow-write",
-      join(ROOT, "tests", "grading", "grade.ts"),
-      ...args,
-    ],
+    args: [...GRADE_COMMAND, ...args],
     cwd: ROOT,
     env,
     clearEnv: true,

@@ -18,6 +18,7 @@ import {
 import { type CheckId, checksFor } from "./grading/checks.ts";
 import type { Service } from "./grading/compare.ts";
 import { shellQuote } from "./grading/process.ts";
+import { GRADE_COMMAND } from "./grading/grade.ts";
 import { type CheckResult, RoleRunner } from "./grading/runner.ts";
 import { reserveFixedPort, ROOT, SUBPROCESS, withDeadline } from "./helpers.ts";
 
@@ -506,17 +507,7 @@ function checkJunit({ code, stdout, stderr }: Awaited<ReturnType<typeof runDeno>
  * {port}: the fixed port, for which a free port stands in for 12000.
  */
 function runGrade(port: number) {
-  return runDeno([
-    "run",
-    "--allow-net",
-    "--allow-run",
-    "--allow-read",
-    "--allow-env",
-    "--allow-write",
-    "tests/grading/grade.ts",
-    "--output",
-    "-",
-  ], {
+  return runDeno([...GRADE_COMMAND, "--output", "-"], {
     env: {
       ...QUICK,
       TCP_SERVER: templateFor("textbook/TCPServer.py", { port: String(port) }),

@@ -20,6 +20,7 @@
  */
 import { dirname, isAbsolute, resolve } from "node:path";
 import { parseArgs } from "node:util";
+import { fileURLToPath } from "node:url";
 import { ConfigError, loadConfig } from "./config.ts";
 import {
   describeRoles,
@@ -33,6 +34,27 @@ import { type CheckResult, runRoles } from "./runner.ts";
 
 // The formats live in formats.ts; toGradescope stays importable from here.
 export { type GradescopeResults, type GradescopeTest, toGradescope } from "./formats.ts";
+
+/**
+ * The arguments to `Deno.execPath()` that run this script as `deno task grade`
+ * does, with its grants; the grading options follow.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * assert.equal(GRADE_COMMAND[0], "run");
+ * assert.match(GRADE_COMMAND.at(-1)!, /grade\.ts$/);
+ * ```
+ */
+export const GRADE_COMMAND: readonly string[] = [
+  "run",
+  "--allow-net",
+  "--allow-run",
+  "--allow-read",
+  "--allow-env",
+  "--allow-write",
+  fileURLToPath(import.meta.url),
+];
 
 const USAGE = `Usage: deno task grade [--output PATH] [--format FORMAT]
        deno task grade --class DIR --out OUT [--help for its options]
