@@ -658,7 +658,10 @@ class Client {
    * decoder, the service and the encoder.
    */
   reply(sentence: Uint8Array): Promise<void> {
-    if (this.#server.adds) return this.#add(sentence); // countS: one reply, at the end
+    if (this.#server.adds) { // countS: one reply, at the end
+      this.#add(sentence);
+      return Promise.resolve();
+    }
     // Not async: plain ASCII, the common case, costs no promise of its own.
     if (this.#decoder !== undefined) return this.#replyText(sentence, 0);
     const table = this.#server.asciiTable;
@@ -684,11 +687,10 @@ class Client {
    * For a service whose replies add up (countS): adds the reply to this
    * piece to the sum; nothing is sent until endReply().
    */
-  #add(bytes: Uint8Array, { end = false } = {}): Promise<void> {
+  #add(bytes: Uint8Array, { end = false } = {}) {
     this.#decoder ??= new TextDecoder("utf-8", { ignoreBOM: true });
     const piece = this.#decoder.decode(bytes, { stream: !end });
     this.#sum += Number(this.#server.service(piece));
-    return Promise.resolve();
   }
 
   /**
@@ -697,7 +699,7 @@ class Client {
    */
   async endReply() {
     if (this.#server.adds) {
-      await this.#add(new Uint8Array(), { end: true });
+      this.#add(new Uint8Array(), { end: true });
       return await this.write(encoder.encode(String(this.#sum)));
     }
     if (this.#decoder) await this.write(this.#capitalize(new Uint8Array(), { end: true }));
