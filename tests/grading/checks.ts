@@ -766,6 +766,7 @@ const splitClientCheck: ClientCheck = {
         const proxy = await startSplitProxy({
           port: context.listenPort,
           target: { hostname: "127.0.0.1", port: serverPort },
+          splitRequests: false, // the replies are what a client reads
         });
         try {
           const split = await context.runClient({ port: proxy.port, input, expect });

@@ -40,6 +40,13 @@ export interface SplitProxyOptions {
   gapMs?: number;
   /** Bytes per direction delivered one at a time; the rest is forwarded as it comes. Default 4096. */
   splitBytes?: number;
+  /**
+   * Whether the client's bytes are split too (default true). A check of a
+   * client splits only the replies: what it judges is how the client reads
+   * them, and a request split on its way to the kit's own server only makes
+   * the client wait longer for the first byte of its reply.
+   */
+  splitRequests?: boolean;
 }
 
 /** Connections a proxy or stub serves before it refuses more. */
@@ -55,11 +62,12 @@ function closeQuietly(resource: { close(): void }) {
 }
 
 /**
- * Starts a TCP proxy that forwards both directions one byte per write, with
- * a small gap, so that every `recv()` on the other side returns a single
- * byte: a program that treats one `recv()` as the whole message, or decodes
- * each read on its own (breaking multibyte characters), fails. End of
- * stream (a half-close) is passed on.
+ * Starts a TCP proxy that forwards both directions (or only the replies,
+ * with `splitRequests: false`) one byte per write, with a small gap, so
+ * that every `recv()` on the other side returns a single byte: a program
+ * that treats one `recv()` as the whole message, or decodes each read on its
+ * own (breaking multibyte characters), fails. End of stream (a half-close)
+ * is passed on.
  *
  * @example
  * ```ts
@@ -80,7 +88,7 @@ function closeQuietly(resource: { close(): void }) {
  * ```
  */
 export function startSplitProxy(options: SplitProxyOptions): Promise<Middleman> {
-  const { port, target, gapMs = 5, splitBytes = 4096 } = options;
+  const { port, target, gapMs = 5, splitBytes = 4096, splitRequests = true } = options;
   const listeners = listenTcpLoopback(port);
   const stopping = new AbortController();
   const shutdowns = new Set<() => Promise<void>>();
@@ -88,12 +96,12 @@ export function startSplitProxy(options: SplitProxyOptions): Promise<Middleman> 
   let connections = 0;
   let forwarded = 0;
 
-  /** Copies one direction, the first `splitBytes` one byte per write; then passes the end on. */
-  const pipe = async (from: StreamEnd, to: StreamEnd) => {
+  /** Copies one direction, the first `limit` bytes one byte per write; then passes the end on. */
+  const pipe = async (from: StreamEnd, to: StreamEnd, limit: number) => {
     let split = 0;
     for (let chunk = await from.read(); chunk !== null; chunk = await from.read()) {
       for (let i = 0; i < chunk.length;) {
-        if (split >= splitBytes) {
+        if (split >= limit) {
           await to.write(chunk.subarray(i));
           forwarded += chunk.length - i;
           break;
@@ -129,8 +137,8 @@ export function startSplitProxy(options: SplitProxyOptions): Promise<Middleman> 
       const clientEnd = denoEnd(client);
       // When one direction fails (a side went away), end the other one too.
       await Promise.all([
-        pipe(clientEnd, server).catch(shutdown),
-        pipe(server, clientEnd).catch(shutdown),
+        pipe(clientEnd, server, splitRequests ? splitBytes : 0).catch(shutdown),
+        pipe(server, clientEnd, splitBytes).catch(shutdown),
       ]);
     } catch {
       // The target refused: the client sees its connection closed.
