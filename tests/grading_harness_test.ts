@@ -11,11 +11,12 @@ import {
   usesPortPlaceholder,
 } from "./grading/config.ts";
 import { indexOfBytes, outputDiff, replyDiff, replyMatches } from "./grading/compare.ts";
-import { tcpRequest } from "./grading/net.ts";
+import { portBecomesFree, sleep, tcpRequest } from "./grading/net.ts";
 import { ProgramProcess, shellQuote } from "./grading/process.ts";
 import { seededRandom, startSplitProxy } from "./grading/proxies.ts";
 import { RoleRunner } from "./grading/runner.ts";
-import { reserveFixedPort, ROOT, SUBPROCESS, utf8 } from "./helpers.ts";
+import { portHolders } from "./grading/sockets.ts";
+import { removeDir, reserveFixedPort, ROOT, SUBPROCESS, tempDir, utf8 } from "./helpers.ts";
 
 const TEXTBOOK = `${ROOT}tests/fixtures/textbook/`;
 
@@ -226,6 +227,176 @@ Deno.test({
     assert.ok(agrees, failed.output);
     assert.ok(Number(agrees[1]) < Number(agrees[2]), failed.output);
     assert.match(failed.output, /the proxy delivered \d+ bytes one at a time over 1 connection/);
+  },
+});
+
+Deno.test({
+  name: "grading harness: no server check leaves a connection without a byte",
+  permissions: SUBPROCESS,
+  fn: async () => {
+    // Such a connection crashes a server that fails on an empty read, and
+    // the next check would be blamed for it, or not, as the timing went.
+    const dir = await tempDir();
+    try {
+      const log = `${dir}/deaths.log`;
+      const fixture = `${ROOT}tests/fixtures/tcp_server_dies_on_empty.py`;
+      const config = loadConfig({
+        env: { TCP_SERVER: `python3 ${shellQuote(fixture)} {host} {port} ${shellQuote(log)}` },
+      });
+      await using runner = new RoleRunner({ role: "tcp_server", config });
+      const results = await runner.runAll();
+      assert.ok(results.length >= 10, `only ${results.length} checks`);
+      const failed = results.filter((result) => !result.passed);
+      assert.deepEqual(failed.map((result) => `${result.id}: ${result.output}`), []);
+      const deaths = await Deno.readTextFile(log).catch(() => "");
+      assert.equal(deaths, "");
+    } finally {
+      await removeDir(dir);
+    }
+  },
+});
+
+Deno.test({
+  name: "grading harness: the server checks leave no TIME_WAIT on a fixed port (textbook server)",
+  permissions: SUBPROCESS,
+  fn: async () => {
+    // The textbook server closes first and sets no SO_REUSEADDR: a TIME_WAIT
+    // on its port would keep it, and the kit's own server for the client
+    // checks that follow, from binding the port for up to a minute.
+    using reserved = await reserveFixedPort();
+    const config = loadConfig({
+      env: {
+        TCP_SERVER: `python3 ${shellQuote(`${TEXTBOOK}TCPServer.py`)} {host} ${reserved.port}`,
+        GRADE_FIXED_PORT: String(reserved.port),
+      },
+    });
+    await using runner = new RoleRunner({ role: "tcp_server", config });
+    const results = await runner.runAll();
+    assert.deepEqual(
+      results.filter((result) => !result.passed).map((result) => result.id),
+      ["long1k", "long2k", "split", "concurrent", "invalid"],
+    );
+    // A listener just closed can hold its port a moment longer; a TIME_WAIT holds it a minute.
+    if (!await portBecomesFree("tcp", reserved.port)) {
+      const holders = await portHolders("tcp", reserved.port);
+      assert.fail(
+        `port ${reserved.port} is still taken after the checks: ` +
+          JSON.stringify(holders?.entries.map((entry) => entry.state)),
+      );
+    }
+  },
+});
+
+Deno.test({
+  name: "grading harness: a request stalled past its half-close delay leaves no TIME_WAIT",
+  permissions: SUBPROCESS,
+  fn: async () => {
+    // Like the textbook's, this server replies and closes without waiting
+    // for end of stream, and sets no SO_REUSEADDR; it replies after 50 ms.
+    // The kit half-closes after a delay of 100 ms, unless the server has
+    // closed by then. Here this process stalls (as on a loaded machine) from
+    // 20 ms to 170 ms: the server's close arrives and the delay passes
+    // meanwhile, and the timer runs before the close is read.
+    using reserved = await reserveFixedPort();
+    const port = reserved.port;
+    const script = "import socket, sys, time\n" +
+      "s = socket.socket()\n" +
+      "s.bind(('127.0.0.1', int(sys.argv[1])))\n" +
+      "s.listen(5)\n" +
+      "print('ready', flush=True)\n" +
+      "while True:\n" +
+      "    c, _ = s.accept()\n" +
+      "    data = c.recv(1024)\n" +
+      "    time.sleep(0.05)\n" +
+      "    c.send(data.upper())\n" +
+      "    c.close()\n";
+    await using server = ProgramProcess.spawn({
+      command: `exec python3 -c ${shellQuote(script)} ${port}`,
+    });
+    assert.ok(await server.waitUntil(() => server.stdoutText().includes("ready"), 5000));
+    for (let i = 0; i < 5; i++) {
+      const request = tcpRequest({
+        address: { hostname: "127.0.0.1", port },
+        chunks: [utf8("hello")],
+        ms: 3000,
+        halfCloseDelayMs: 100,
+      });
+      await sleep(20);
+      for (const until = performance.now() + 150; performance.now() < until;) {
+        // Stalled.
+      }
+      const outcome = await request;
+      assert.equal(new TextDecoder().decode(outcome.data), "HELLO");
+    }
+    const holders = await portHolders("tcp", port);
+    const states = holders?.entries.map((entry) => entry.state);
+    assert.equal(states?.includes("time_wait") ?? false, false, JSON.stringify(states));
+  },
+});
+
+Deno.test({
+  name: "grading harness: a one-recv() server scheduled late still fails the split checks",
+  permissions: SUBPROCESS,
+  fn: async () => {
+    // The server sleeps 0.3 s before each recv(), as on a loaded machine: by
+    // then a message written a byte at a time, a few ms apart, has arrived
+    // whole. The kit waits until the first byte is read before it sends the
+    // next, so that recv() still gets a piece.
+    const late = (fixture: string) =>
+      `python3 ${shellQuote(`${ROOT}tests/fixtures/${fixture}`)} {host} {port} 0.3`;
+    async function run(role: "tcp_server", id: string, env: Record<string, string>) {
+      await using runner = new RoleRunner({ role, config: loadConfig({ env }) });
+      return await runner.run(runner.checks.find((check) => check.id === id)!);
+    }
+    const split = await run("tcp_server", "split", {
+      TCP_SERVER: late("tcp_server_single_recv.py"),
+    });
+    assert.equal(split.passed, false, split.output);
+    assert.match(split.output, /the reply differs at byte 1 \(got 1 bytes/);
+    const session = await run("tcp_server", "session_split", {
+      TCP_SERVER: late("session/tcp_server_one_recv.py"),
+      GRADE_ASSIGNMENT: "session",
+    });
+    assert.equal(session.passed, false, session.output);
+    assert.match(
+      session.output,
+      /got "Your data was 1 bytes"; the server took one recv\(\) as one/,
+    );
+  },
+});
+
+Deno.test({
+  name: "grading harness: a client's deadline counts from its first request, not from its start",
+  permissions: SUBPROCESS,
+  fn: async () => {
+    // A slow start (a JVM, a loaded grading machine) stands in as `sleep 1.5`.
+    const slowStart = (fixture: string) =>
+      `sleep 1.5 && exec python3 ${shellQuote(`${ROOT}tests/fixtures/${fixture}`)} {host} {port}`;
+    async function noReply(env: Record<string, string>) {
+      const config = loadConfig({ env: { GRADE_CLIENT_DEADLINE: "1", ...env } });
+      await using runner = new RoleRunner({ role: "udp_client", config });
+      return await runner.run(runner.checks.find((check) => check.id === "no_reply")!);
+    }
+    // Three tries of 0.5 s after a 1.5 s start: it gives up 1.5 s after its first request,
+    // within a 2 s deadline, and 3 s after it started, past it.
+    const patient = await noReply({
+      UDP_CLIENT: slowStart("good/udp_client.py"),
+      GRADE_CLIENT_DEADLINE: "2",
+    });
+    assert.equal(patient.passed, true, patient.output);
+    assert.match(patient.output, /the client exited with code 1 after (\d+) ms/);
+    assert.ok(Number(/after (\d+) ms/.exec(patient.output)![1]) > 2000, patient.output);
+    // No timeout at all: killed 1 s after its request, and told so.
+    const hangs = await noReply({ UDP_CLIENT: slowStart("udp_client_no_timeout.py") });
+    assert.equal(hangs.passed, false);
+    assert.match(
+      hangs.output,
+      /the client was still running 1 s after it first reached the server \(1\d{3} ms after it started\) and was killed/,
+    );
+    // A client that never sends is stopped at the longer of the two deadlines.
+    const silent = await noReply({ UDP_CLIENT: "sleep 30 # {port}", GRADE_READY_DEADLINE: "0.5" });
+    assert.equal(silent.passed, false);
+    assert.match(silent.output, /the client reached no server in 1 s and was killed/);
   },
 });
 

@@ -29,6 +29,20 @@ export const NET = { net: true } as const;
 export const SUBPROCESS = { net: true, run: true, read: true, env: true } as const;
 
 /**
+ * Makes a temporary folder with `mktemp -d`: the tests run without
+ * --allow-write, and the programs they start write there.
+ */
+export async function tempDir(): Promise<string> {
+  const { stdout } = await new Deno.Command("mktemp", { args: ["-d"], stdout: "piped" }).output();
+  return new TextDecoder().decode(stdout).trim();
+}
+
+/** Removes a folder made by {@linkcode tempDir}, and everything in it. */
+export async function removeDir(dir: string): Promise<void> {
+  await new Deno.Command("rm", { args: ["-rf", dir] }).output();
+}
+
+/**
  * Resolves once `condition()` is true, checking every 10 ms; rejects after
  * `ms` with `what()` in the message (a function, so it says how far it got).
  *

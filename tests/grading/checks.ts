@@ -22,6 +22,7 @@ import {
 import {
   type Address,
   portBecomesFree,
+  ResettingConn,
   sleep,
   type TcpEnd,
   tcpRequest,
@@ -175,6 +176,8 @@ export interface ClientRun {
   exitedOnItsOwn: boolean;
   /** Milliseconds from start to exit (or to the reply, or the deadline). */
   ms: number;
+  /** Milliseconds from start to its first contact with the kit; undefined if it made none. */
+  contactMs?: number;
   /** The port the client was given. */
   port: number;
   /** The (stopped) program, for its output and exit status. */
@@ -187,7 +190,7 @@ export interface ClientContext {
   transport: "tcp" | "udp";
   /** Port for whatever the client talks to: 0, or the fixed port its template needs. */
   listenPort: number;
-  /** How long the client gets to print the reply or give up. */
+  /** How long the client gets, from its first contact, to print the reply or give up. */
   deadlineMs: number;
   /** The assignment's service: it chooses the expected replies. */
   service: Service;
@@ -195,7 +198,23 @@ export interface ClientContext {
    * Runs the client under test against `port`, writes `input` to its stdin
    * and waits until `expect` appears in its stdout, it exits, or the deadline.
    */
-  runClient(options: { port: number; input: string; expect?: Uint8Array }): Promise<ClientRun>;
+  runClient(options: ClientRunOptions): Promise<ClientRun>;
+}
+
+/** What {@linkcode ClientContext.runClient} runs a client with. */
+export interface ClientRunOptions {
+  /** The port of the kit's server (or proxy, or stub) that the client is told to use. */
+  port: number;
+  /** The client's stdin. */
+  input: string;
+  /** The reply to look for in its stdout; without it the client runs until it exits. */
+  expect?: Uint8Array;
+  /**
+   * How many times the client has reached that server (connections or
+   * datagrams). Its deadline counts from the first: its start-up is not
+   * held against it.
+   */
+  contacts: () => number;
 }
 
 /** A check of a server under test. */
@@ -449,9 +468,9 @@ const concurrentCheck: ServerCheck = {
   run: async (context) => {
     const controller = new AbortController();
     const timer = setTimeout(() => controller.abort(), REPLY_MS);
-    let silent: Deno.TcpConn;
+    let silent: ResettingConn;
     try {
-      silent = await Deno.connect({ ...context.address, signal: controller.signal });
+      silent = await ResettingConn.connect(context.address, controller.signal);
     } catch (error) {
       throw new CheckFailure(`the first client could not connect: ${(error as Error).message}`);
     } finally {
@@ -478,10 +497,36 @@ const concurrentCheck: ServerCheck = {
           "the first client stayed connected and silent",
       );
     } finally {
-      silent.close();
+      await finishFirstClient(silent, context.halfCloseDelayMs);
     }
   },
 };
+
+/**
+ * Ends the concurrency check's first client as a client would: it sends its
+ * own sentence, half-closes and reads until the server closes (within 1 s;
+ * the reply is not judged). Closing it without a byte would crash a server
+ * that fails on an empty connection (C servers that index buffer[n - 1]
+ * after a read of 0 bytes), and the next check, not this one, would be
+ * blamed, or not, as the timing went. As in every request, the half-close
+ * waits `halfCloseDelayMs`, is left out if the server closed first, and a
+ * server that closed first is reset: no TIME_WAIT is left on a fixed port.
+ */
+async function finishFirstClient(conn: ResettingConn, halfCloseDelayMs: number): Promise<void> {
+  const timer = setTimeout(() => conn.close({ reset: true }), 1000);
+  try {
+    await conn.write(utf8("first client"));
+    await conn.closeWriteAfter(halfCloseDelayMs);
+    while (await conn.read() !== null) {
+      // Its reply is not judged.
+    }
+  } catch {
+    // Closed by the timer, or by the server.
+  } finally {
+    clearTimeout(timer);
+    await conn.close();
+  }
+}
 
 /** The invalid UTF-8 check of a server: survival is judged, not the bytes of the replies. */
 function invalidCheck(transport: "tcp" | "udp"): ServerCheck {
@@ -647,11 +692,17 @@ async function withOurServer<T>(
   }
 }
 
-/** "exited with code 0 after 120 ms" or "was still running after 5 s (killed)". */
-function howItEnded(run: ClientRun, deadlineMs: number): string {
-  return run.exitedOnItsOwn
-    ? `the client ${run.program.describeExit()} after ${run.ms} ms`
-    : `the client was still running after ${deadlineMs / 1000} s and was killed`;
+/**
+ * "exited with code 0 after 120 ms", "was still running 5 s after its first
+ * request (killed)" or "sent nothing in 10 s (killed)".
+ */
+export function howItEnded(run: ClientRun, deadlineMs: number): string {
+  if (run.exitedOnItsOwn) return `the client ${run.program.describeExit()} after ${run.ms} ms`;
+  if (run.contactMs === undefined) {
+    return `the client reached no server in ${Math.round(run.ms / 100) / 10} s and was killed`;
+  }
+  return `the client was still running ${deadlineMs / 1000} s after it first reached the ` +
+    `server (${run.contactMs} ms after it started) and was killed`;
 }
 
 /** "the client never reached the server: ..." for a client that sent nothing. */
@@ -676,7 +727,7 @@ async function expectClientPrints(
   },
 ): Promise<string> {
   const expect = expectedReply(utf8(sentence), context.service);
-  const run = await context.runClient({ port, input: `${sentence}\n`, expect });
+  const run = await context.runClient({ port, input: `${sentence}\n`, expect, contacts: traffic });
   const note = describe();
   if (run.found) {
     return `the reply appeared in the client's output (${expect.length} bytes)` +
@@ -769,7 +820,12 @@ const splitClientCheck: ClientCheck = {
           splitRequests: false, // the replies are what a client reads
         });
         try {
-          const split = await context.runClient({ port: proxy.port, input, expect });
+          const split = await context.runClient({
+            port: proxy.port,
+            input,
+            expect,
+            contacts: proxy.requests,
+          });
           return { split, stats: proxy.stats(), requests: proxy.requests() };
         } finally {
           await proxy.close();
@@ -791,7 +847,7 @@ const splitClientCheck: ClientCheck = {
     // cannot print non-ASCII text at all fails utf8, not this check.
     const whole = await withOurServer(
       { transport: "tcp", port: context.listenPort, service: context.service },
-      (port) => context.runClient({ port, input, expect }),
+      (port, traffic) => context.runClient({ port, input, expect, contacts: traffic }),
     );
     if (!whole.found && sameBytes(whole.program.stdoutBytes(), split.program.stdoutBytes())) {
       return "splitting changed nothing: the client prints the same for the whole reply " +
@@ -842,6 +898,7 @@ const lossyCheck: ClientCheck = {
           port: proxy.port,
           input: `${sentence}\n`,
           expect,
+          contacts: proxy.requests,
         });
         if (run.found) return `the reply got through after retries; ${proxy.stats()}`;
         requireRequest(run, proxy, context);
@@ -878,6 +935,7 @@ function noReplyCheck(transport: "tcp" | "udp"): ClientCheck {
         const run = await context.runClient({
           port: stub.port,
           input: `${SENTENCES.no_reply}\n`,
+          contacts: stub.requests,
         });
         requireRequest(run, stub, context);
         if (run.exitedOnItsOwn) return `${howItEnded(run, context.deadlineMs)}; ${stub.stats()}`;

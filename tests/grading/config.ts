@@ -72,8 +72,10 @@ export interface GradeConfig {
   /**
    * Milliseconds a client gets to print the reply or to give up when none
    * comes (`GRADE_CLIENT_DEADLINE` seconds, default 10: real clients often
-   * wait 5 s before they give up). A client that prints the reply is not
-   * waited for.
+   * wait 5 s before they give up), counted from its first request (a
+   * connection or a datagram reaching the kit): its start-up is not. It
+   * gets the longer of this and `readyDeadlineMs` to send that request. A
+   * client that prints the reply is not waited for.
    */
   clientDeadlineMs: number;
   /** The assignment graded (`GRADE_ASSIGNMENT`, default "uppercase"). */
@@ -124,7 +126,7 @@ export interface TemplateOptions {
  * ```ts
  * import assert from "node:assert/strict";
  *
- * assert.match(defaultTemplate("tcp_client"), /tcp_client\.ts --host \{host\} --port \{port\} --timeout 1$/);
+ * assert.match(defaultTemplate("tcp_client"), /tcp_client\.ts --host \{host\} --port \{port\} --timeout 2$/);
  * assert.match(defaultTemplate("udp_server", { service: "count-s" }), / --quiet --service count-s$/);
  * ```
  */
@@ -133,9 +135,11 @@ export function defaultTemplate(role: Role, options: TemplateOptions = {}): stri
   const extra: Record<Role, string> = {
     udp_server: "--quiet",
     tcp_server: "--quiet",
-    // Short timeouts keep the "never replies" and "lossy" checks quick.
+    // Short timeouts keep the "never replies" and "lossy" checks quick. A TCP
+    // exchange includes the split check's byte-by-byte reply: 2 s leave room
+    // for it on a loaded machine.
     udp_client: "--timeout 0.3 --tries 5",
-    tcp_client: "--timeout 1",
+    tcp_client: "--timeout 2",
   };
   const script = shellQuote(`${PROJECT_ROOT}${role}.ts`);
   const session = assignment === "session" ? " --session" : "";

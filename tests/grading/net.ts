@@ -316,6 +316,11 @@ export class ResettingConn {
     wake?.();
   }
 
+  /** The local port of this connection. */
+  get localPort(): number {
+    return this.#socket.localPort ?? 0;
+  }
+
   /** The next chunk the peer sent, or null at its end of stream. */
   async read(): Promise<Uint8Array | null> {
     for (;;) {
@@ -344,6 +349,20 @@ export class ResettingConn {
       this.#closed.then(() => resolve());
       this.#socket.end(() => resolve());
     });
+  }
+
+  /**
+   * Half-closes after `delayMs` (or once `signal` aborts the wait), unless
+   * the peer has closed its side by then: a close of ours after the peer's
+   * would leave the peer's port in TIME_WAIT. Before deciding, one more turn
+   * of the event loop lets in what arrived during the wait: a process stalled
+   * past the delay (a loaded machine) runs its due timers before its pending
+   * I/O, and would otherwise miss a close that has already arrived.
+   */
+  async closeWriteAfter(delayMs: number, signal?: AbortSignal): Promise<void> {
+    if (delayMs > 0) await sleep(delayMs, signal);
+    await sleep(0);
+    if (!this.#ended) await this.closeWrite();
   }
 
   /**
@@ -507,8 +526,9 @@ export async function tcpRequest(options: TcpRequestOptions): Promise<TcpOutcome
         if (i > 0 && gapMs > 0) await sleep(gapMs, serverClosed.signal);
         await c.write(chunk);
       }
-      if (halfCloseDelayMs > 0) await sleep(halfCloseDelayMs, serverClosed.signal);
-      if (!serverClosed.signal.aborted) await c.closeWrite();
+      if (!serverClosed.signal.aborted) {
+        await c.closeWriteAfter(halfCloseDelayMs, serverClosed.signal);
+      }
     })();
     const [read, write] = await Promise.allSettled([reading, writing]);
     if (read.status === "rejected") {

@@ -14,6 +14,7 @@ import {
   sleep,
   writeAll,
 } from "./net.ts";
+import { waitUntilRead } from "./sockets.ts";
 
 /** A running middleman; `close()` stops it and waits for every task to end. */
 export interface Middleman {
@@ -96,16 +97,30 @@ export function startSplitProxy(options: SplitProxyOptions): Promise<Middleman> 
   let connections = 0;
   let forwarded = 0;
 
-  /** Copies one direction, the first `limit` bytes one byte per write; then passes the end on. */
-  const pipe = async (from: StreamEnd, to: StreamEnd, limit: number) => {
+  /**
+   * Copies one direction, the first `limit` bytes one byte per write; then
+   * passes the end on. Before the second byte it awaits `firstRead`, if
+   * given; `onData` hears of every chunk read.
+   */
+  const pipe = async (
+    from: StreamEnd,
+    to: StreamEnd,
+    { limit, firstRead, onData }: {
+      limit: number;
+      firstRead?: () => Promise<void>;
+      onData?: () => void;
+    },
+  ) => {
     let split = 0;
     for (let chunk = await from.read(); chunk !== null; chunk = await from.read()) {
+      onData?.();
       for (let i = 0; i < chunk.length;) {
         if (split >= limit) {
           await to.write(chunk.subarray(i));
           forwarded += chunk.length - i;
           break;
         }
+        if (split === 1) await firstRead?.();
         if (split > 0) await sleep(gapMs, stopping.signal);
         if (stopping.signal.aborted) throw new Error("the proxy is closing");
         await to.write(chunk.subarray(i, i + 1));
@@ -119,6 +134,7 @@ export function startSplitProxy(options: SplitProxyOptions): Promise<Middleman> 
 
   const serve = async (client: Deno.TcpConn) => {
     client.setNoDelay(true);
+    const looks: Promise<void>[] = [];
     let server: ResettingConn | undefined;
     let closed: Promise<void> | undefined;
     const shutdown = () => {
@@ -136,14 +152,28 @@ export function startSplitProxy(options: SplitProxyOptions): Promise<Middleman> 
       server = await ResettingConn.connect(target, stopping.signal);
       const clientEnd = denoEnd(client);
       // When one direction fails (a side went away), end the other one too.
+      // The server's first read gets the first byte alone, however late it
+      // is scheduled: the second waits until the server has read the first
+      // (the kernel's tables say so), or has answered, which shows it too. A
+      // look at the tables costs a process, up to seconds on a loaded
+      // machine; a server that answers at once is not kept waiting for it.
+      const answered = Promise.withResolvers<void>();
+      const firstRead = () => {
+        const look = waitUntilRead({ readerPort: target.port, writerPort: server!.localPort });
+        looks.push(look);
+        return Promise.race([look, answered.promise]);
+      };
       await Promise.all([
-        pipe(clientEnd, server, splitRequests ? splitBytes : 0).catch(shutdown),
-        pipe(server, clientEnd, splitBytes).catch(shutdown),
+        pipe(clientEnd, server, { limit: splitRequests ? splitBytes : 0, firstRead })
+          .catch(shutdown),
+        pipe(server, clientEnd, { limit: splitBytes, onData: () => answered.resolve() })
+          .catch(shutdown),
       ]);
     } catch {
       // The target refused: the client sees its connection closed.
     } finally {
       await shutdown();
+      await Promise.all(looks);
       shutdowns.delete(shutdown);
     }
   };

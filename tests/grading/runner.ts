@@ -35,6 +35,7 @@ import {
   checksFor,
   type ClientContext,
   type ClientRun,
+  type ClientRunOptions,
   type ServerContext,
 } from "./checks.ts";
 import { CheckFailure, outputHasReply } from "./compare.ts";
@@ -510,10 +511,17 @@ export class RoleRunner implements AsyncDisposable {
     }
   }
 
-  async #runClient(
-    options: { port: number; input: string; expect?: Uint8Array },
-  ): Promise<ClientRun> {
-    const { port, input, expect } = options;
+  /**
+   * Runs the client and waits for the reply, its exit, or its deadline. The
+   * client's clock starts at its first contact with the kit (`contacts()`
+   * turns positive: a connection or a datagram arrived), so that its
+   * start-up (a JVM, an interpreter on a loaded grading machine) is not
+   * counted against its timeout; before that it gets the longer of the
+   * ready and the client deadlines to make contact.
+   */
+  async #runClient(options: ClientRunOptions): Promise<ClientRun> {
+    const { port, input, expect, contacts } = options;
+    const { clientDeadlineMs, readyDeadlineMs } = this.#config;
     const started = performance.now();
     const program = ProgramProcess.spawn({
       command: fillTemplate(this.template, { host: LOOPBACK, port }),
@@ -525,11 +533,26 @@ export class RoleRunner implements AsyncDisposable {
       const found = () =>
         expect !== undefined &&
         outputHasReply(program.stdoutBytes().subarray(0, 256 * 1024), expect, this.#config.service);
-      await program.waitUntil(() => found() || !program.running, this.#config.clientDeadlineMs);
+      const done = () => found() || !program.running;
+      let contactAt: number | undefined;
+      for (;;) {
+        const now = performance.now();
+        if (contactAt === undefined && contacts() > 0) contactAt = now;
+        const end = contactAt === undefined
+          ? started + Math.max(clientDeadlineMs, readyDeadlineMs)
+          : contactAt + clientDeadlineMs;
+        if (done() || now >= end) break;
+        // Before the first contact, look for it every 20 ms.
+        await program.waitUntil(
+          done,
+          contactAt === undefined ? Math.min(20, end - now) : end - now,
+        );
+      }
       const ms = Math.round(performance.now() - started);
       const exitedOnItsOwn = !program.running;
       if (exitedOnItsOwn) await program.drain(500); // the last of its output
-      return { found: found(), exitedOnItsOwn, ms, program, port };
+      const contactMs = contactAt === undefined ? undefined : Math.round(contactAt - started);
+      return { found: found(), exitedOnItsOwn, ms, contactMs, program, port };
     } finally {
       await program.stop();
     }
@@ -574,9 +597,10 @@ export class RoleRunner implements AsyncDisposable {
     }
     const waiting = holders.entries.filter((entry) => entry.state === "time_wait").length;
     if (waiting > 0) {
-      return `${name} still has ${waiting} connection(s) in TIME_WAIT from programs that ran ` +
-        "before this grade (they expire within a minute; a server without SO_REUSEADDR, like " +
-        "the textbook's, cannot bind the port until then): wait a minute";
+      return `${name} still has ${waiting} connection(s) in TIME_WAIT, left by a server that ` +
+        "closed its connections first (they expire within a minute; while they last, the port " +
+        "cannot be bound again if that server did not set SO_REUSEADDR, like the textbook's): " +
+        "wait a minute";
     }
     return undefined;
   }

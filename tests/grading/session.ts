@@ -23,6 +23,7 @@ import type {
 import { CheckFailure, escapeBytes, indexOfBytes, outputDiff, utf8 } from "./compare.ts";
 import { sleep } from "./net.ts";
 import { startReferenceSessionServer } from "./reference.ts";
+import { waitUntilRead } from "./sockets.ts";
 
 /** Deadline for one reply line, in ms. */
 const LINE_MS = 3000;
@@ -88,6 +89,14 @@ class SessionConn {
     } finally {
       clearTimeout(timer);
     }
+  }
+
+  /** Waits (at most 1 s) until the server has read everything written so far. */
+  serverHasRead(): Promise<void> {
+    return waitUntilRead({
+      readerPort: this.#conn.remoteAddr.port,
+      writerPort: this.#conn.localAddr.port,
+    });
   }
 
   /** Writes `text` (a failed write is left for the next read to report). */
@@ -257,9 +266,11 @@ const serverChecks: ServerCheck[] = [
   sessionServerCheck("session_split", FRAMING_HINT, async (conn) => {
     const message = "split into pieces"; // ASCII: counting bytes is session_bytes' business
     const bytes = utf8(`${message}\n`);
-    for (const byte of bytes) {
+    for (const [i, byte] of bytes.entries()) {
       await conn.write(new Uint8Array([byte]));
-      await sleep(2); // separate segments, so the server's reads see pieces
+      // The first byte alone, however late the server reads; then separate segments.
+      if (i === 0) await conn.serverHasRead();
+      else await sleep(2);
     }
     const first = await conn.line();
     const expected = sessionReplyFor(message);
@@ -343,7 +354,12 @@ async function clientRun(
 ): Promise<{ connections: number; messages: string[]; exitedOnItsOwn: boolean; note: string }> {
   await using server = startReferenceSessionServer(context.listenPort, { splitReplies });
   const expect = utf8(replies.at(-1)!);
-  const run = await context.runClient({ port: server.port, input, expect });
+  const run = await context.runClient({
+    port: server.port,
+    input,
+    expect,
+    contacts: server.connections,
+  });
   const stdout = run.program.stdoutBytes();
   // Each reply must appear, in order.
   let from = 0;
@@ -431,7 +447,11 @@ const clientChecks: ClientCheck[] = [
       "loop; do not read another line or wait for more replies.",
     run: async (context) => {
       await using server = startReferenceSessionServer(context.listenPort);
-      const run = await context.runClient({ port: server.port, input: "Hi\nExit\n" });
+      const run = await context.runClient({
+        port: server.port,
+        input: "Hi\nExit\n",
+        contacts: server.connections,
+      });
       const stdout = run.program.stdoutBytes();
       if (indexOfBytes(stdout, utf8("Disconnect")) < 0) {
         throw new CheckFailure(
@@ -441,9 +461,9 @@ const clientChecks: ClientCheck[] = [
       }
       if (!run.exitedOnItsOwn) {
         throw new CheckFailure(
-          `the client printed Disconnect but was still running after ${
+          `the client printed Disconnect but was still running ${
             context.deadlineMs / 1000
-          } s and was killed`,
+          } s after it connected and was killed`,
         );
       }
       return `the client printed Disconnect and ${run.program.describeExit()} after ${run.ms} ms`;

@@ -178,6 +178,88 @@ export async function portSockets(
     .map((e) => e!);
 }
 
+/**
+ * Prints the receive queue (hex) of each TCP connection from local port $1
+ * to remote port $2: the bytes that arrived and the program has not read.
+ */
+const UNREAD_SCRIPT = `
+for f in $files; do
+  case $f in *tcp*) awk -v l=":$1" -v r=":$2" 'FNR > 1 && substr($2, length($2) - 4) == l &&
+    substr($3, length($3) - 4) == r { split($5, q, ":"); print q[2] }' "$f" ;; esac
+done
+`;
+
+/** Where the bytes go: the reading program's port, and the writer's port at the other end. */
+export interface ConnectionPorts {
+  /** The local port of the reader's socket (a server's port, or a client's source port). */
+  readerPort: number;
+  /** The port at the writer's end. */
+  writerPort: number;
+}
+
+/**
+ * How many bytes the reader of a loopback TCP connection has received and
+ * not read yet, or undefined where the tables cannot be read or the
+ * connection is not there.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ *
+ * const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+ * const client = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
+ * const server = await listener.accept();
+ * await client.write(new Uint8Array(5)); // the server reads nothing yet
+ * const ports = { readerPort: listener.addr.port, writerPort: client.localAddr.port };
+ * const unread = await unreadBytes(ports);
+ * assert.ok(unread === undefined || unread === 5); // undefined outside Linux
+ * client.close();
+ * server.close();
+ * listener.close();
+ * ```
+ */
+export async function unreadBytes(ports: ConnectionPorts): Promise<number | undefined> {
+  const out = await runScript(UNREAD_SCRIPT, [
+    hexPort(ports.readerPort),
+    hexPort(ports.writerPort),
+  ]);
+  const queue = out?.trim().split("\n")[0];
+  return queue ? parseInt(queue, 16) : undefined;
+}
+
+/**
+ * Waits until the reader has read everything sent to it so far, for at most
+ * `ms` (default 1000; at once where the tables cannot be read). A check
+ * that delivers a message in pieces waits so after the first piece: a
+ * program that takes one recv() for the whole message then reads that
+ * piece alone, however late it is scheduled on a loaded machine, instead
+ * of finding every piece already joined in its socket.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ *
+ * const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+ * const client = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
+ * const server = await listener.accept();
+ * await client.write(new Uint8Array([1]));
+ * const read = server.read(new Uint8Array(16));
+ * await waitUntilRead({ readerPort: listener.addr.port, writerPort: client.localAddr.port });
+ * assert.equal(await read, 1);
+ * client.close();
+ * server.close();
+ * listener.close();
+ * ```
+ */
+export async function waitUntilRead(ports: ConnectionPorts, ms = 1000): Promise<void> {
+  const stopAt = performance.now() + ms;
+  for (;;) {
+    const unread = await unreadBytes(ports);
+    if (unread === undefined || unread === 0 || performance.now() >= stopAt) return;
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}
+
 /** A port as the tables print it: 12000 -> "2EE0". */
 function hexPort(port: number): string {
   return port.toString(16).toUpperCase().padStart(4, "0");

@@ -68,7 +68,7 @@ export interface Assignment {
   programs: Partial<Record<Role, ProgramOverride>>;
   /** How long a server gets to become ready. */
   readyDeadlineMs: number;
-  /** How long a client gets to print the reply, or to give up. */
+  /** How long a client gets, from its first request, to print the reply or to give up. */
   clientDeadlineMs: number;
 }
 
