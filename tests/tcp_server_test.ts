@@ -14,11 +14,13 @@ import {
   NO_NET_ERROR,
   Program,
   readToEnd,
+  removeDir,
   reserveFixedPort,
   ROOT,
   servedCount,
   SUBPROCESS,
   tcpExchange,
+  tempDir,
   utf8,
   waitUntil,
   withDeadline,
@@ -830,9 +832,7 @@ Deno.test({
   fn: async () => {
     using reserved = await reserveFixedPort();
     const port = reserved.port;
-    const dir = new TextDecoder().decode(
-      (await new Deno.Command("mktemp", { args: ["-d"] }).output()).stdout,
-    ).trim();
+    const dir = await tempDir();
     const fifo = `${dir}/stdout`;
     try {
       assert.ok((await new Deno.Command("mkfifo", { args: [fifo] }).output()).success);
@@ -891,7 +891,7 @@ Deno.test({
         await stderr;
       }
     } finally {
-      await new Deno.Command("rm", { args: ["-rf", dir] }).output();
+      await removeDir(dir);
     }
   },
 });

@@ -696,7 +696,7 @@ async function withOurServer<T>(
  * "exited with code 0 after 120 ms", "was still running 5 s after its first
  * request (killed)" or "sent nothing in 10 s (killed)".
  */
-export function howItEnded(run: ClientRun, deadlineMs: number): string {
+function howItEnded(run: ClientRun, deadlineMs: number): string {
   if (run.exitedOnItsOwn) return `the client ${run.program.describeExit()} after ${run.ms} ms`;
   if (run.contactMs === undefined) {
     return `the client reached no server in ${Math.round(run.ms / 100) / 10} s and was killed`;

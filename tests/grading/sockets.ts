@@ -18,6 +18,8 @@
  * @module
  */
 
+import { sleep } from "./net.ts";
+
 /** A socket from the kernel's tables. */
 export interface SocketEntry {
   /** Which table it comes from. */
@@ -256,7 +258,7 @@ export async function waitUntilRead(ports: ConnectionPorts, ms = 1000): Promise<
   for (;;) {
     const unread = await unreadBytes(ports);
     if (unread === undefined || unread === 0 || performance.now() >= stopAt) return;
-    await new Promise((resolve) => setTimeout(resolve, 5));
+    await sleep(5);
   }
 }
 
